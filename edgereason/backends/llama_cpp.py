@@ -1,0 +1,355 @@
+"""GGUF models through llama.cpp's low-level API: one context, many sequences.
+
+The context is created with ``n_seq_max`` slots and a unified KV cache, so a prompt decoded once is
+shared by every fork (``llama_memory_seq_cp`` tags cells, it copies nothing). Each decode call takes
+tokens of many sequences; each sequence samples with its own C sampler chain.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelLoadError, UnknownAdapterError
+from ..gguf_meta import read_gguf_info
+from .base import AdapterSet, BatchItem, Capabilities, ContextFullError, ModelInfo, SamplingParams, TopLogprobs
+
+log = logging.getLogger(__name__)
+
+DEFAULT_N_CTX = 4096  # per sequence
+DEFAULT_MAX_SEQUENCES = 16
+DEFAULT_N_BATCH = 512
+# llama.cpp computes wrong attention for some sequences when one ubatch holds >= 32 query tokens of
+# several sequences (ggml-org/llama.cpp#24962; reproduced here with SmolLM2, logits off by up to 0.66).
+# Calls that mix sequences stay below that; a prompt is prefilled in calls of its own.
+MIXED_BATCH_TOKENS = 30
+
+_backend_ready = False
+_log_callback: Any = None  # kept alive: llama.cpp holds the pointer
+
+
+def _import_llama() -> Any:
+    import llama_cpp
+
+    global _backend_ready, _log_callback
+    if not _backend_ready:
+        _levels = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+
+        @llama_cpp.llama_log_callback
+        def _route(level: int, text: bytes, _user: Any) -> None:
+            lvl = _levels.get(level, logging.DEBUG)
+            if log.isEnabledFor(lvl):
+                log.log(lvl, "llama.cpp: %s", text.decode("utf-8", errors="replace").rstrip())
+
+        _log_callback = _route
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+    return llama_cpp
+
+
+def extra_buffers_usable(model_path: str | Path) -> bool:
+    """Whether llama.cpp's extra CPU buffer types (AMX, repacked weights) run on this CPU.
+
+    Some virtual machines advertise AMX but trap its instructions (SIGILL inside llama_decode). On
+    such CPUs a child process tries one batched decode once; the verdict is cached per CPU model.
+    ``EDGEREASON_EXTRA_BUFFERS=0|1`` overrides the probe.
+    """
+    forced = os.environ.get("EDGEREASON_EXTRA_BUFFERS")
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    if "amx_tile" not in cpuinfo:
+        return True
+    model_name = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), "cpu")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgereason" / "cpu-probe.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if model_name in known:
+        return bool(known[model_name])
+    code = "import sys; from edgereason.backends.llama_cpp import _probe_decode; _probe_decode(sys.argv[1])"
+    proc = subprocess.run([sys.executable, "-c", code, str(model_path)], capture_output=True, timeout=300)
+    ok = proc.returncode == 0
+    log.info("extra CPU buffer types %s on %s", "work" if ok else "crash (disabled)", model_name)
+    known[model_name] = ok
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(known))
+    except OSError:
+        pass
+    return ok
+
+
+def _probe_decode(model_path: str) -> None:
+    """Child-process half of ``extra_buffers_usable``: one 64-token decode with extra buffers on."""
+    lib = _import_llama()
+    model = lib.llama_model_load_from_file(model_path.encode(), lib.llama_model_default_params())
+    cparams = lib.llama_context_default_params()
+    cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = 256, 64, 64
+    ctx = lib.llama_init_from_model(model, cparams)
+    batch = lib.llama_batch_init(64, 0, 1)
+    for i in range(64):
+        batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = 1 + i, i, 1, i == 63
+        batch.seq_id[i][0] = 0
+    batch.n_tokens = 64
+    sys.exit(lib.llama_decode(ctx, batch))
+
+
+class LlamaSampler:
+    """A llama.cpp sampler chain owned by one sequence."""
+
+    def __init__(self, lib: Any, vocab: Any, p: SamplingParams) -> None:
+        self._lib = lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        add = lambda s: lib.llama_sampler_chain_add(chain, s)  # noqa: E731
+        if p.repeat_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
+            add(lib.llama_sampler_init_penalties(p.repeat_last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty))
+        if p.temperature <= 0.0:
+            add(lib.llama_sampler_init_greedy())
+        else:
+            if p.top_k > 0:
+                add(lib.llama_sampler_init_top_k(p.top_k))
+            if p.top_p < 1.0:
+                add(lib.llama_sampler_init_top_p(p.top_p, 1))
+            if p.min_p > 0.0:
+                add(lib.llama_sampler_init_min_p(p.min_p, 1))
+            add(lib.llama_sampler_init_temp(p.temperature))
+            add(lib.llama_sampler_init_dist(p.seed & 0xFFFFFFFF))
+        self.handle = chain
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self._lib.llama_sampler_free(self.handle)
+            self.handle = None
+
+
+class LlamaCppBackend:
+    """Backend over a llama.cpp model and one multi-sequence context."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n_ctx: int | None = None,
+        threads: int | None = None,
+        max_sequences: int = DEFAULT_MAX_SEQUENCES,
+        n_batch: int = DEFAULT_N_BATCH,
+        adapters: dict[str, str | Path] | None = None,
+        flash_attn: bool = False,
+    ) -> None:
+        gguf = read_gguf_info(path)  # clear errors for missing, non-GGUF and truncated files
+        if gguf.is_adapter:
+            raise ModelLoadError(f"{gguf.path} is a LoRA adapter, not a model; pass it with --adapter NAME=PATH")
+        lib = self._lib = _import_llama()
+        self._stack = ExitStack()
+        mparams = lib.llama_model_default_params()
+        mparams.use_extra_bufts = extra_buffers_usable(gguf.path)
+        model = lib.llama_model_load_from_file(str(gguf.path).encode(), mparams)
+        if not model:
+            raise ModelLoadError(f"llama.cpp could not load {gguf.path} (architecture {gguf.architecture!r}); is it supported?")
+        self._stack.callback(lib.llama_model_free, model)
+        self.model = model
+        self.vocab = lib.llama_model_get_vocab(model)
+        n_ctx_train = int(lib.llama_model_n_ctx_train(model))
+        n_ctx = n_ctx or min(DEFAULT_N_CTX, n_ctx_train or DEFAULT_N_CTX)
+        threads = threads or max(1, os.cpu_count() or 1)
+        cparams = lib.llama_context_default_params()
+        # One KV stream per sequence (kv_unified=False): with a unified cache, this llama.cpp build gives
+        # some sequences different logits when several share a decode call (measured up to 0.57 in
+        # logit space; see README "Determinism"). Separate streams are exact; forks copy the stream.
+        cparams.n_ctx = n_ctx * max_sequences
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = n_batch
+        cparams.n_seq_max = max_sequences
+        cparams.kv_unified = False
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.no_perf = True
+        cparams.flash_attn_type = 1 if flash_attn else 0
+        ctx = lib.llama_init_from_model(model, cparams)
+        if not ctx:
+            self._stack.close()
+            raise ModelLoadError(f"llama.cpp could not create a context (n_ctx={n_ctx}, sequences={max_sequences})")
+        self._stack.callback(lib.llama_free, ctx)
+        self.ctx = ctx
+        self.mem = lib.llama_get_memory(ctx)
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
+        self._batch = lib.llama_batch_init(n_batch, 0, 1)
+        self._stack.callback(lib.llama_batch_free, self._batch)
+        self._piece_cache: dict[int, bytes] = {}
+        self._adapters: dict[str, Any] = {}
+        self._active_adapters: AdapterSet = ()
+        for name, adapter_path in (adapters or {}).items():
+            self.load_adapter(name, adapter_path)
+        self.capabilities = Capabilities(
+            max_sequences=max_sequences,
+            n_ctx=int(lib.llama_n_ctx_seq(ctx)),
+            n_batch=n_batch,
+            mixed_batch_tokens=MIXED_BATCH_TOKENS,
+            fork=True,
+            rewind=True,
+            lora=True,
+        )
+        tpl = lib.llama_model_chat_template(model, None)
+        think_ids = self.tokenize("<think>")
+        self.info = ModelInfo(
+            name=gguf.name,
+            path=gguf.path,
+            format="gguf",
+            architecture=gguf.architecture,
+            quantization=gguf.file_type,
+            n_params=int(lib.llama_model_n_params(model)),
+            size_bytes=gguf.path.stat().st_size,
+            n_ctx_train=n_ctx_train,
+            n_vocab=self.n_vocab,
+            chat_template=tpl.decode("utf-8") if tpl else None,
+            bos_token=self._special_text(lib.llama_vocab_bos(self.vocab)),
+            eos_token=self._special_text(lib.llama_vocab_eos(self.vocab)),
+            add_bos=bool(lib.llama_vocab_get_add_bos(self.vocab)),
+            has_think_token=len(think_ids) == 1,
+        )
+
+    # -- text ----------------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_bos: bool = False) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (ctypes.c_int32 * cap)()
+        n = self._lib.llama_tokenize(self.vocab, data, len(data), buf, cap, add_bos, True)
+        if n < 0:
+            cap = -n
+            buf = (ctypes.c_int32 * cap)()
+            n = self._lib.llama_tokenize(self.vocab, data, len(data), buf, cap, add_bos, True)
+        return list(buf[:n])
+
+    def token_bytes(self, token: int) -> bytes:
+        piece = self._piece_cache.get(token)
+        if piece is None:
+            piece = self._piece(token, special=False)
+            self._piece_cache[token] = piece
+        return piece
+
+    def _piece(self, token: int, *, special: bool) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self._lib.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
+
+    def _special_text(self, token: int) -> str:
+        return self._piece(token, special=True).decode("utf-8", errors="replace") if token >= 0 else ""
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._lib.llama_vocab_is_eog(self.vocab, token))
+
+    # -- decoding ------------------------------------------------------------------------------
+    def decode(self, items: Sequence[BatchItem]) -> list[int]:
+        b = self._batch
+        n = 0
+        handles: list[int] = []
+        for item in items:
+            for j, tok in enumerate(item.tokens):
+                b.token[n] = tok
+                b.pos[n] = item.pos + j
+                b.n_seq_id[n] = 1
+                b.seq_id[n][0] = item.slot
+                b.logits[n] = item.want_logits and j == len(item.tokens) - 1
+                n += 1
+            handles.append(n - 1 if item.want_logits else -1)
+        if n > self.capabilities.n_batch:
+            raise ValueError(f"batch of {n} tokens exceeds n_batch={self.capabilities.n_batch}")
+        b.n_tokens = n
+        rc = self._lib.llama_decode(self.ctx, b)
+        if rc == 1:
+            raise ContextFullError("no room in the KV cache for this batch")
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}")
+        return handles
+
+    def make_sampler(self, params: SamplingParams) -> LlamaSampler:
+        return LlamaSampler(self._lib, self.vocab, params)
+
+    def sample(self, sampler: Any, logits: int) -> int:
+        return int(self._lib.llama_sampler_sample(sampler.handle, self.ctx, logits))
+
+    def top_logprobs(self, logits: int, token: int, k: int) -> TopLogprobs:
+        ptr = self._lib.llama_get_logits_ith(self.ctx, logits)
+        row = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
+        mx = row.max()
+        lse = mx + np.log(np.exp(row - mx).sum())
+        top: tuple[tuple[int, float], ...] = ()
+        if k > 0:
+            idx = np.argpartition(-row, k)[:k]
+            idx = idx[np.argsort(-row[idx], kind="stable")]
+            top = tuple((int(i), float(row[i] - lse)) for i in idx)
+        return TopLogprobs(token=token, logprob=float(row[token] - lse), top=top)
+
+    def copy_seq(self, src: int, dst: int) -> None:
+        self._lib.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
+
+    def remove(self, slot: int, from_pos: int = 0) -> None:
+        if not self._lib.llama_memory_seq_rm(self.mem, slot, from_pos, -1):
+            raise RuntimeError(f"llama.cpp could not remove positions >= {from_pos} of sequence {slot}")
+
+    def clear(self) -> None:
+        self._lib.llama_memory_clear(self.mem, True)
+
+    # -- adapters ------------------------------------------------------------------------------
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        info = read_gguf_info(path)
+        if not info.is_adapter:
+            raise ModelLoadError(f"{info.path} is not a LoRA adapter GGUF (general.type != adapter)")
+        handle = self._lib.llama_adapter_lora_init(self.model, str(info.path).encode())
+        if not handle:
+            raise ModelLoadError(f"llama.cpp could not load adapter {name!r} from {info.path}; is it made for this base model?")
+        self._adapters[name] = handle
+
+    def unload_adapter(self, name: str) -> None:
+        handle = self._adapters.pop(name, None)
+        if handle is None:
+            raise UnknownAdapterError(f"adapter {name!r} is not loaded")
+        if any(n == name for n, _ in self._active_adapters):
+            self.set_adapters(())
+        self._lib.llama_adapter_lora_free(handle)
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return sorted(self._adapters)
+
+    def set_adapters(self, adapters: AdapterSet) -> None:
+        if adapters == self._active_adapters:
+            return
+        for name, _ in adapters:
+            if name not in self._adapters:
+                raise UnknownAdapterError(f"adapter {name!r} is not loaded (loaded: {self.adapter_names or 'none'})")
+        n = len(adapters)
+        arr = (self._lib.llama_adapter_lora_p_ctypes * max(n, 1))(*[self._adapters[a] for a, _ in adapters])
+        scales = (ctypes.c_float * max(n, 1))(*[s for _, s in adapters])
+        rc = self._lib.llama_set_adapters_lora(self.ctx, arr if n else None, n, scales if n else None)
+        if rc != 0:
+            raise RuntimeError(f"llama.cpp could not set adapters {adapters} (code {rc})")
+        self._active_adapters = adapters
+
+    def close(self) -> None:
+        for handle in self._adapters.values():
+            self._lib.llama_adapter_lora_free(handle)
+        self._adapters.clear()
+        self._stack.close()

@@ -1,0 +1,37 @@
+"""``edgereason bench``: side-by-side measurements against what a user would pick instead."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+BENCHES = ("decode",)
+
+
+def add_bench_parser(sub: Any, add_model_flags: Callable[[argparse.ArgumentParser], None]) -> None:
+    bench = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHES))
+    bench.add_argument("which", choices=BENCHES)
+    bench.add_argument("--tokens", type=int, default=128, help="tokens generated per sequence")
+    bench.add_argument("--sequences", type=int, default=8, help="parallel sequences for the batched runs")
+    bench.add_argument("--repeats", type=int, default=3, help="repetitions (the median is reported)")
+    bench.add_argument("--out", type=Path, default=Path("bench-results"), help="where to write the JSON results")
+    add_model_flags(bench)
+    bench.set_defaults(func=lambda args: run_bench(args))
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from . import decode
+
+    runners = {"decode": decode.run}
+    results = runners[args.which](args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{args.which}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(f"results written to {path}")
+    return 0

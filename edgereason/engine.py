@@ -1,0 +1,237 @@
+"""The Engine: one model, one engine thread running the scheduler, many concurrent requests."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from .backends.base import Backend
+from .chat.reasoning import PromptPlan, ReasoningFormat, Thinking, detect_format, plan_prompt, think_is_open
+from .chat.template import render_chat, validate_messages
+from .errors import CapacityError, ChatTemplateError, ContextOverflowError, EdgeReasonError, InvalidRequestError
+from .job import ChatStream, Job, PreparedPrompt
+from .options import GenerationOptions
+from .result import ChatResult
+from .scheduler import Scheduler
+from .strategies.generate import GenerateJob
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_QUEUE = 64
+
+
+class Engine:
+    """Serves chat and completion requests over one backend.
+
+    Thread-safe: any thread may call ``chat``/``stream``; one engine thread owns the backend and
+    decodes the sequences of every request together, step by step (continuous batching).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        reasoning_format: str | ReasoningFormat | None = None,
+        chat_template: str | None = None,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        name: str | None = None,
+    ) -> None:
+        self.backend = backend
+        self.info = backend.info
+        self.name = name or self.info.name
+        self.chat_template = chat_template or self.info.chat_template
+        if reasoning_format is not None:
+            try:
+                self.reasoning_format = ReasoningFormat(reasoning_format)
+            except ValueError:
+                raise InvalidRequestError(
+                    f"unknown reasoning format {reasoning_format!r}; use one of {[f.value for f in ReasoningFormat]}",
+                    param="reasoning_format",
+                ) from None
+        else:
+            self.reasoning_format = detect_format(self.chat_template, self.info.has_think_token)
+        self.max_queue = max_queue
+        self.scheduler = Scheduler(backend)
+        self._inbox: queue.Queue[Job | None] = queue.Queue()
+        self._wake = threading.Event()
+        self._waiting: deque[Job] = deque()
+        self._running: list[Job] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="edgereason-engine", daemon=True)
+        self._thread.start()
+
+    # -- preparing prompts (caller thread) ---------------------------------------------------------
+    def render(self, messages: Sequence[Any], thinking: Thinking = "auto") -> PromptPlan:
+        """The prompt text for ``messages`` under the model's template and reasoning format."""
+        msgs = validate_messages(messages)
+        if not self.chat_template:
+            raise ChatTemplateError(
+                f"model {self.name!r} has no chat template; pass chat_template= to load() (or --chat-template)"
+            )
+        enable = None if thinking == "auto" or self.reasoning_format is not ReasoningFormat.QWEN3 else bool(thinking)
+        rendered = render_chat(
+            self.chat_template,
+            msgs,
+            bos_token=self.info.bos_token,
+            eos_token=self.info.eos_token,
+            enable_thinking=enable,
+        )
+        return plan_prompt(rendered, self.reasoning_format, thinking)
+
+    def prepare(self, plan: PromptPlan) -> PreparedPrompt:
+        add_bos = self.info.add_bos and not (self.info.bos_token and plan.text.startswith(self.info.bos_token))
+        tokens = self.backend.tokenize(plan.text, add_bos=add_bos)
+        if not tokens:
+            raise InvalidRequestError("the prompt is empty", param="prompt")
+        n_ctx = self.backend.capabilities.n_ctx
+        if len(tokens) >= n_ctx:
+            raise ContextOverflowError(len(tokens), n_ctx)
+        return PreparedPrompt(plan=plan, tokens=tokens)
+
+    def prepare_chat(self, messages: Sequence[Any], opts: GenerationOptions) -> PreparedPrompt:
+        return self.prepare(self.render(messages, opts.thinking))
+
+    def prepare_completion(self, prompt: str) -> PreparedPrompt:
+        """A raw prompt (no template): thinking continues if the prompt leaves <think> open."""
+        if not isinstance(prompt, str) or not prompt:
+            raise InvalidRequestError("prompt must be a non-empty string", param="prompt")
+        open_ = think_is_open(prompt)
+        return self.prepare(PromptPlan(prompt, starts_in_reasoning=open_, may_open=False, thinking_disabled=False))
+
+    # -- public API --------------------------------------------------------------------------------
+    def chat(self, messages: Sequence[Any], options: GenerationOptions | None = None, **fields: Any) -> ChatResult:
+        """Generate a reply to ``messages``; ``fields`` override ``options`` (see GenerationOptions)."""
+        return self.stream(messages, options, **fields).wait()
+
+    def stream(self, messages: Sequence[Any], options: GenerationOptions | None = None, **fields: Any) -> ChatStream:
+        """Like ``chat`` but yields ``Chunk``s (channel "reasoning" | "content") as they are decoded."""
+        opts = GenerationOptions.build(options, fields)
+        return self.submit(self.make_job(self.prepare_chat(messages, opts), opts))
+
+    def complete(self, prompt: str, options: GenerationOptions | None = None, **fields: Any) -> ChatResult:
+        """Continue a raw prompt (no chat template)."""
+        return self.stream_completion(prompt, options, **fields).wait()
+
+    def stream_completion(self, prompt: str, options: GenerationOptions | None = None, **fields: Any) -> ChatStream:
+        opts = GenerationOptions.build(options, fields)
+        return self.submit(self.make_job(self.prepare_completion(prompt), opts))
+
+    def make_job(self, prompt: PreparedPrompt, opts: GenerationOptions) -> Job:
+        """The strategy that serves ``opts``."""
+        return GenerateJob(prompt, opts, model=self.name)
+
+    def submit(self, job: Job) -> ChatStream:
+        if self._closed:
+            raise EdgeReasonError("the engine is closed")
+        if job.slots_needed > self.backend.capabilities.max_sequences:
+            raise InvalidRequestError(
+                f"this request needs {job.slots_needed} parallel sequences but the engine has "
+                f"{self.backend.capabilities.max_sequences}; load with a larger max_sequences",
+                param="n",
+            )
+        with self._lock:
+            if len(self._waiting) + self._inbox.qsize() >= self.max_queue:
+                raise CapacityError(f"the request queue is full ({self.max_queue} waiting); retry shortly")
+            self._inbox.put(job)
+        self._wake.set()
+        return ChatStream(job, self._wake)
+
+    # -- introspection -----------------------------------------------------------------------------
+    @property
+    def live_sequences(self) -> int:
+        return self.scheduler.live_count
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting) + self._inbox.qsize()
+
+    @property
+    def running_requests(self) -> int:
+        return len(self._running)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._inbox.put(None)
+        self._wake.set()
+        self._thread.join(timeout=30)
+        self.backend.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the engine thread -------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            if not self._running and not self._waiting and self._inbox.empty():
+                self._wake.wait()
+            self._wake.clear()
+            if self._drain_inbox():
+                break
+            self._reap_cancelled()
+            self._admit()
+            if not self._running:
+                continue
+            try:
+                progressed = self.scheduler.step()
+            except Exception as exc:  # a backend or controller fault: fail what is running, keep serving
+                log.exception("decode step failed")
+                self._fail_running(exc)
+                continue
+            self._running = [j for j in self._running if not j.done]
+            if not progressed and self._running:
+                # Jobs waiting on nothing the scheduler can advance would spin forever.
+                self._fail_running(RuntimeError("request stalled: no sequence can make progress"))
+            if self._running or self._waiting:
+                self._wake.set()
+        for job in [*self._running, *self._waiting]:
+            job.fail(EdgeReasonError("the engine was closed"))
+
+    def _drain_inbox(self) -> bool:
+        while True:
+            try:
+                job = self._inbox.get_nowait()
+            except queue.Empty:
+                return False
+            if job is None:
+                return True
+            self._waiting.append(job)
+
+    def _reap_cancelled(self) -> None:
+        for job in [j for j in self._running if j.cancel_requested.is_set()]:
+            job.abort(self.scheduler)
+            self._running.remove(job)
+        for job in [j for j in self._waiting if j.cancel_requested.is_set()]:
+            self._waiting.remove(job)
+            job.fail(EdgeReasonError("cancelled"))
+
+    def _admit(self) -> None:
+        while self._waiting and self._waiting[0].slots_needed <= self.scheduler.free_slots:
+            job = self._waiting.popleft()
+            try:
+                job.start(self.scheduler)
+            except EdgeReasonError as exc:
+                job.fail(exc)
+                continue
+            if not job.done:
+                self._running.append(job)
+
+    def _fail_running(self, exc: BaseException) -> None:
+        for job in self._running:
+            if not job.done:
+                job.fail(exc)
+            try:
+                job.abort(self.scheduler)  # frees its sequences; the job already carries the error
+            except Exception:  # noqa: BLE001 - freeing must go on for the others
+                log.exception("abort failed")
+        self._running = []

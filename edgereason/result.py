@@ -1,0 +1,112 @@
+"""What generation returns: streamed chunks, per-choice results, usage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .chat.reasoning import Channel
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of streamed output. ``index`` is the choice it belongs to (``n`` > 1)."""
+
+    channel: Channel
+    text: str
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+        }
+
+
+@dataclass
+class Choice:
+    index: int
+    content: str
+    reasoning: str
+    finish_reason: FinishReason
+    completion_tokens: int
+    reasoning_tokens: int
+    answer: str | None = None
+    thinking_stopped_by: str | None = None
+    logprobs: list[TokenLogprob] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ChatResult:
+    """The result of one request. The top-level fields mirror ``choices[0]``."""
+
+    choices: list[Choice]
+    usage: Usage
+    model: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # strategy reports (self_consistency, lorid, ...)
+
+    @property
+    def content(self) -> str:
+        return self.choices[0].content
+
+    @property
+    def reasoning(self) -> str:
+        return self.choices[0].reasoning
+
+    @property
+    def answer(self) -> str | None:
+        return self.choices[0].answer
+
+    @property
+    def finish_reason(self) -> FinishReason:
+        return self.choices[0].finish_reason
+
+    @property
+    def thinking_stopped_by(self) -> str | None:
+        return self.choices[0].thinking_stopped_by
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.choices[0]
+        return {
+            "content": c.content,
+            "reasoning": c.reasoning,
+            "answer": c.answer,
+            "finish_reason": c.finish_reason,
+            "thinking_stopped_by": c.thinking_stopped_by,
+            "usage": self.usage.to_dict(),
+            **({"choices": [_choice_dict(x) for x in self.choices]} if len(self.choices) > 1 else {}),
+            **self.extra,
+        }
+
+
+def _choice_dict(c: Choice) -> dict[str, Any]:
+    return {
+        "index": c.index,
+        "content": c.content,
+        "reasoning": c.reasoning,
+        "answer": c.answer,
+        "finish_reason": c.finish_reason,
+    }

@@ -1,0 +1,271 @@
+"""Plain generation: one or ``n`` choices from one prompt, decoded as parallel sequences.
+
+``ChoiceDecoder`` is the per-sequence controller every strategy reuses: it turns tokens into
+channel text (reasoning | content), applies stop strings, EOS and ``max_tokens``, and counts usage.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..answers import extract_answer, last_reasoning_answer
+from ..backends.base import SamplingParams, TopLogprobs
+from ..chat.reasoning import ChannelSplitter
+from ..job import Job, PreparedPrompt
+from ..options import GenerationOptions
+from ..result import ChatResult, Choice, Chunk, FinishReason, TokenLogprob, Usage
+
+if TYPE_CHECKING:
+    from ..scheduler import Scheduler, Seq
+
+
+def sampling_for(opts: GenerationOptions, seed_offset: int = 0, *, temperature: float | None = None,
+                 top_p: float | None = None) -> SamplingParams:
+    """The sampler settings of one sequence; choice ``i`` gets seed ``seed + i``."""
+    seed = opts.seed if opts.seed is not None else int.from_bytes(os.urandom(4), "little")
+    return SamplingParams(
+        temperature=opts.temperature if temperature is None else temperature,
+        top_p=opts.top_p if top_p is None else top_p,
+        top_k=opts.top_k,
+        min_p=opts.min_p,
+        repeat_penalty=opts.repeat_penalty,
+        repeat_last_n=opts.repeat_last_n,
+        presence_penalty=opts.presence_penalty,
+        frequency_penalty=opts.frequency_penalty,
+        seed=(seed + seed_offset) & 0xFFFFFFFF,
+    )
+
+
+class StopMatcher:
+    """Finds stop strings across token boundaries, holding back text that may start one."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self._held = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Returns (text safe to emit, stopped)."""
+        if not self.stops:
+            return text, False
+        buf = self._held + text
+        cut = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self._held = ""
+            return buf[:cut], True
+        keep = max((_overlap(buf, s) for s in self.stops), default=0)
+        self._held = buf[len(buf) - keep :] if keep else ""
+        return buf[: len(buf) - keep], False
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return held
+
+
+def _overlap(text: str, stop: str) -> int:
+    for n in range(min(len(stop) - 1, len(text)), 0, -1):
+        if text.endswith(stop[:n]):
+            return n
+    return 0
+
+
+@dataclass
+class ChoiceDecoder:
+    """Controller of one generated sequence (one choice, one vote sample, one probe's parent)."""
+
+    job: Job
+    sched: Scheduler
+    prompt: PreparedPrompt
+    opts: GenerationOptions
+    index: int = 0
+    stream: bool = True  # emit chunks to the job as they come
+    splitter: ChannelSplitter = field(init=False)
+    stops: StopMatcher = field(init=False)
+    reasoning: list[str] = field(default_factory=list)
+    content: list[str] = field(default_factory=list)
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    finish_reason: FinishReason | None = None
+    thinking_stopped_by: str | None = None
+    token_logprobs: list[TokenLogprob] | None = None
+    logprob_values: list[float] = field(default_factory=list)  # every sampled token's logprob, when recorded
+    seq: Seq | None = None
+
+    def __post_init__(self) -> None:
+        plan = self.prompt.plan
+        self.splitter = ChannelSplitter(starts_in_reasoning=plan.starts_in_reasoning, may_open=plan.may_open)
+        self.stops = StopMatcher(self.opts.stop)
+        if plan.thinking_disabled:
+            self.thinking_stopped_by = "disabled"
+        if self.opts.logprobs or self.opts.top_logprobs:
+            self.token_logprobs = []
+        room = self.sched.caps.n_ctx - len(self.prompt.tokens)
+        self.max_tokens = min(self.opts.max_tokens, room) if self.opts.max_tokens is not None else room
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def in_reasoning(self) -> bool:
+        return self.splitter.in_reasoning
+
+    # -- Controller --------------------------------------------------------------------------------
+    def on_token(self, seq: Seq, token: int, text: str, logprobs: TopLogprobs | None) -> None:
+        if self.sched.backend.is_eog(token) and not self.opts.ignore_eos:
+            seq.pending.clear()
+            self.end(seq, "stop")
+            return
+        self.completion_tokens += 1
+        if logprobs is not None:
+            self.logprob_values.append(logprobs.logprob)
+            if self.token_logprobs is not None:
+                self._record_logprob(token, logprobs)
+        self.take_text(seq, text, tokens=1)
+        if not self.finished and self.completion_tokens >= self.max_tokens:
+            self.end(seq, "length")
+
+    def on_ready(self, seq: Seq) -> None:  # pragma: no cover - decoders always sample
+        pass
+
+    def on_context_full(self, seq: Seq) -> None:
+        self._finalize(seq, "length")
+
+    # -- used by strategies layered on top -----------------------------------------------------
+    def take_text(self, seq: Seq, text: str, tokens: int) -> None:
+        """Route text of ``tokens`` tokens (sampled or injected) through stop strings and channels."""
+        was_reasoning = self.splitter.in_reasoning
+        safe, stopped = self.stops.feed(text)
+        self._route(self.splitter.feed(safe))
+        if was_reasoning and self.splitter.in_reasoning:
+            self.reasoning_tokens += tokens
+        if was_reasoning and not self.splitter.in_reasoning and self.thinking_stopped_by is None:
+            self.thinking_stopped_by = "model"
+        if stopped:
+            seq.pending.clear()
+            self.end(seq, "stop")
+
+    def inject_text(self, seq: Seq, text: str) -> int:
+        """Force ``text`` into the sequence as if generated; returns its token count."""
+        tokens = self.sched.backend.tokenize(text)
+        self.sched.inject(seq, tokens)
+        self.completion_tokens += len(tokens)
+        self.take_text(seq, text, tokens=len(tokens))
+        return len(tokens)
+
+    def end(self, seq: Seq, reason: FinishReason) -> None:
+        self._finalize(seq, reason)
+        self.sched.finish(seq)
+        self.job_choice_done()
+
+    def job_choice_done(self) -> None:
+        on_done = getattr(self.job, "on_choice_done", None)
+        if on_done is not None:
+            on_done(self)
+
+    def _finalize(self, seq: Seq, reason: FinishReason) -> None:
+        if self.finished:
+            return
+        self.finish_reason = reason
+        self._route(self.splitter.feed(self.stops.flush()) + self.splitter.flush())
+        if self.splitter.in_reasoning and self.thinking_stopped_by is None:
+            self.thinking_stopped_by = "model" if reason == "stop" else "length"
+
+    def _route(self, parts: list[tuple[str, str]]) -> None:
+        for channel, text in parts:
+            (self.reasoning if channel == "reasoning" else self.content).append(text)
+            if self.stream:
+                self.job.emit(Chunk(channel, text, self.index))  # type: ignore[arg-type]
+
+    def _record_logprob(self, token: int, lp: TopLogprobs) -> None:
+        assert self.token_logprobs is not None
+        detok = self.sched.backend.detokenize
+        top = tuple((detok([t]), v) for t, v in lp.top[: self.opts.top_logprobs])
+        self.token_logprobs.append(TokenLogprob(detok([token]), lp.logprob, top))
+
+    def to_choice(self) -> Choice:
+        content, reasoning = "".join(self.content), "".join(self.reasoning)
+        found = extract_answer(content) if content.strip() else last_reasoning_answer(reasoning)
+        return Choice(
+            index=self.index,
+            content=content,
+            reasoning=reasoning,
+            finish_reason=self.finish_reason or "cancelled",
+            completion_tokens=self.completion_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            answer=found.normalized if found else None,
+            thinking_stopped_by=self.thinking_stopped_by,
+            logprobs=self.token_logprobs,
+        )
+
+
+class GenerateJob(Job):
+    """``n`` independent choices. With n > 1 the prompt is decoded once and forked."""
+
+    def __init__(self, prompt: PreparedPrompt, opts: GenerationOptions, model: str = "") -> None:
+        super().__init__()
+        self.prompt, self.opts, self.model = prompt, opts, model
+        self.slots_needed = 1 if opts.n == 1 else opts.n + 1
+        self.decoders: list[ChoiceDecoder] = []
+        self.root: Seq | None = None
+
+    def _want_logprobs(self) -> int:
+        return self.opts.top_logprobs if (self.opts.logprobs or self.opts.top_logprobs) else -1
+
+    def start(self, sched: Scheduler) -> None:
+        self.sched = sched
+        self.decoders = [ChoiceDecoder(self, sched, self.prompt, self.opts, index=i) for i in range(self.opts.n)]
+        if self.opts.max_tokens == 0:
+            for d in self.decoders:
+                d.finish_reason = "length"
+            self._complete()
+            return
+        if self.opts.n == 1:
+            d = self.decoders[0]
+            d.seq = sched.spawn(d, self.prompt.tokens, sampling_for(self.opts), top_logprobs=self._want_logprobs())
+        else:
+            self.root = sched.spawn(self, self.prompt.tokens[:-1], None)
+            if not self.root.pending:
+                self.on_ready(self.root)
+
+    # the root (a prompt holder) is ready: fork one sequence per choice
+    def on_ready(self, seq: Seq) -> None:
+        last = self.prompt.tokens[-1]
+        for i, d in enumerate(self.decoders):
+            d.seq = self.sched.fork(seq, d, sampling_for(self.opts, i), pending=[last], top_logprobs=self._want_logprobs())
+        self.sched.finish(seq)  # forks keep the shared cells alive
+        self.root = None
+
+    def on_token(self, seq: Seq, token: int, text: str, logprobs: TopLogprobs | None) -> None:  # pragma: no cover
+        pass
+
+    def on_context_full(self, seq: Seq) -> None:  # the shared prompt no longer fits beside other requests
+        for d in self.decoders:
+            d.finish_reason = "length"
+        self.root = None
+        self._complete()
+
+    def on_choice_done(self, decoder: ChoiceDecoder) -> None:
+        if all(d.finished for d in self.decoders):
+            self._complete()
+
+    def abort(self, sched: Scheduler) -> None:
+        for d in self.decoders:
+            if d.seq is not None and d.seq.live:
+                d._finalize(d.seq, "cancelled")
+                sched.finish(d.seq)
+        if self.root is not None and self.root.live:
+            sched.finish(self.root)
+        self._complete()
+
+    def _complete(self) -> None:
+        if self.done:
+            return
+        choices = [d.to_choice() for d in self.decoders]
+        usage = Usage(
+            prompt_tokens=len(self.prompt.tokens),
+            completion_tokens=sum(c.completion_tokens for c in choices),
+            reasoning_tokens=sum(c.reasoning_tokens for c in choices),
+        )
+        self.complete(ChatResult(choices=choices, usage=usage, model=self.model))

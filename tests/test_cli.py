@@ -1,0 +1,95 @@
+"""The edgereason command as a user runs it: real processes, real model, real bad files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(*args: str, timeout: int = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgereason", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_version() -> None:
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("edgereason ")
+
+
+@pytest.mark.parametrize("cmd", [[], ["run"], ["chat"], ["models"], ["bench"]])
+def test_help_on_every_command(cmd: list[str]) -> None:
+    r = run(*cmd, "--help")
+    assert r.returncode == 0 and "usage:" in r.stdout
+
+
+def test_run_json() -> None:
+    r = run("run", "What is 12 + 7?", "--max-tokens", "24", "--temperature", "0", "--json")
+    assert r.returncode == 0, r.stderr
+    obj = json.loads(r.stdout)
+    assert set(obj) >= {"content", "reasoning", "answer", "finish_reason", "usage"}
+    assert obj["usage"]["completion_tokens"] > 0
+
+
+def test_run_streams_reasoning_to_stderr_answer_to_stdout() -> None:
+    r = run("run", "What is 12 + 7?", "--max-tokens", "40", "--temperature", "0", "--thinking", "on")
+    assert r.returncode == 0, r.stderr
+    ref = json.loads(run("run", "What is 12 + 7?", "--max-tokens", "40", "--temperature", "0", "--thinking", "on", "--json").stdout)
+    assert ref["reasoning"] and ref["reasoning"].strip() in r.stderr
+    assert r.stdout.strip() == ref["content"].strip()
+
+
+def test_models_lists_default() -> None:
+    r = run("models", "--json")
+    assert r.returncode == 0, r.stderr
+    entries = json.loads(r.stdout)
+    default = next(e for e in entries if e["name"] == "default")
+    assert default["format"] == "gguf" and default["architecture"] == "llama"
+    assert default["quantization"] == "Q4_1" and default["chat_template"] is True
+
+
+def _one_line_error(r: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert needle in lines[0]
+
+
+def test_missing_model_path(tmp_path: Path) -> None:
+    _one_line_error(run("run", "hi", "--model", str(tmp_path / "nope.gguf")), "not found")
+
+
+def test_not_a_gguf(tmp_path: Path) -> None:
+    bad = tmp_path / "model.gguf"
+    bad.write_text("this is not a model")
+    _one_line_error(run("run", "hi", "--model", str(bad)), "not a GGUF")
+
+
+def test_truncated_gguf(tmp_path: Path, model_path: Path) -> None:
+    bad = tmp_path / "cut.gguf"
+    bad.write_bytes(model_path.read_bytes()[: 5_000_000])
+    _one_line_error(run("run", "hi", "--model", str(bad)), "truncated")
+
+
+def test_truncated_header(tmp_path: Path, model_path: Path) -> None:
+    bad = tmp_path / "cut.gguf"
+    with model_path.open("rb") as fh:
+        bad.write_bytes(fh.read(1000))
+    _one_line_error(run("run", "hi", "--model", str(bad)), "truncated")
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["run", "hi", "--thinking", "maybe"], "--thinking"),
+        (["run", "hi", "--temperature", "hot"], "--temperature"),
+        (["run", "hi", "--temperature", "-3"], "temperature"),
+        (["run", "hi", "--reasoning-format", "bogus"], "--reasoning-format"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_option_values(args: list[str], needle: str) -> None:
+    _one_line_error(run(*args), needle)
