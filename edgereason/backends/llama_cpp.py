@@ -74,19 +74,27 @@ def extra_buffers_usable(model_path: str | Path) -> bool:
         return True
     if "amx_tile" not in cpuinfo:
         return True
-    model_name = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), "cpu")
+    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), "cpu")
+    # Probe with a quantised model: f32 weights never reach the AMX kernels, so they prove nothing.
+    try:
+        from ..models import embedded_model_path
+
+        probe_path = embedded_model_path()
+    except Exception:  # noqa: BLE001 - fall back to the model being loaded
+        probe_path = Path(model_path)
+    key = f"{cpu}|{read_gguf_info(probe_path).file_type}"
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgereason" / "cpu-probe.json"
     try:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
         known = {}
-    if model_name in known:
-        return bool(known[model_name])
+    if key in known:
+        return bool(known[key])
     code = "import sys; from edgereason.backends.llama_cpp import _probe_decode; _probe_decode(sys.argv[1])"
-    proc = subprocess.run([sys.executable, "-c", code, str(model_path)], capture_output=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code, str(probe_path)], capture_output=True, timeout=300)
     ok = proc.returncode == 0
-    log.info("extra CPU buffer types %s on %s", "work" if ok else "crash (disabled)", model_name)
-    known[model_name] = ok
+    log.info("extra CPU buffer types %s on %s", "work" if ok else "crash (disabled)", key)
+    known[key] = ok
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(known))

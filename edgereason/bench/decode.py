@@ -3,35 +3,64 @@
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 PROMPT = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
 
 
-def _median_time(fn: Any, repeats: int) -> tuple[float, Any]:
-    times, out = [], None
+def _median_times(fns: list[Any], repeats: int) -> list[tuple[float, Any]]:
+    """Median wall time of each function, runs interleaved so load changes hit all sides alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    outs: list[Any] = [None for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            outs[i] = fn()
+            times[i].append(time.perf_counter() - t0)
+    return [(statistics.median(t), o) for t, o in zip(times, outs)]
+
+
+def make_raw_llama(path: Path, **kwargs: Any) -> Any:
+    """``llama_cpp.Llama`` as a user would make it, with the same CPU buffer types as EdgeReason.
+
+    Where AMX is advertised but traps (see ``extra_buffers_usable``), the stock class would crash
+    on its first batched decode; both sides then run without extra buffer types.
+    """
+    import llama_cpp
+    import llama_cpp.llama_cpp as bindings
+
+    from edgereason.backends.llama_cpp import extra_buffers_usable
+
+    usable = extra_buffers_usable(path)
+    original = bindings.llama_model_default_params
+
+    def params() -> Any:
+        p = original()
+        p.use_extra_bufts = usable
+        return p
+
+    bindings.llama_model_default_params = params
+    try:
+        return llama_cpp.Llama(model_path=str(path), verbose=False, **kwargs)
+    finally:
+        bindings.llama_model_default_params = original
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import llama_cpp
-
     import edgereason as er
     from edgereason.models import resolve_model
 
     path = resolve_model(args.model)
     n_ctx = args.n_ctx or 4096
-    threads = args.threads
+    threads = args.threads or os.cpu_count() or 1  # the same on both sides
     n_tok, n_seq, reps = args.tokens, args.sequences, args.repeats
 
     engine = er.load(str(path), n_ctx=n_ctx, threads=threads, max_sequences=max(16, n_seq + 1))
-    raw = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_batch=512, verbose=False)
+    raw = make_raw_llama(path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=512)
     opts = er.GenerationOptions(max_tokens=n_tok, temperature=0.0, ignore_eos=True)
 
     def ours_single() -> int:
@@ -43,8 +72,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return int(out["usage"]["completion_tokens"])  # type: ignore[index]
 
     ours_single(), raw_single()  # warm up both
-    t_ours, n_ours = _median_time(ours_single, reps)
-    t_raw, n_raw = _median_time(raw_single, reps)
+    (t_ours, n_ours), (t_raw, n_raw) = _median_times([ours_single, raw_single], reps)
     tps_ours, tps_raw = n_ours / t_ours, n_raw / t_raw
 
     sampled = er.GenerationOptions(max_tokens=n_tok, temperature=0.8, seed=7, ignore_eos=True)
@@ -59,8 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for i in range(n_seq)
         )
 
-    t_batch, n_batch_tok = _median_time(batched, reps)
-    t_seq, n_seq_tok = _median_time(sequential, reps)
+    (t_batch, n_batch_tok), (t_seq, n_seq_tok) = _median_times([batched, sequential], reps)
     engine.close()
     raw.close()
 

@@ -1,0 +1,31 @@
+"""Conversion toolkit: Hugging Face checkpoints to GGUF, parity checks, tiny test checkpoints.
+
+The only part of EdgeReason that needs the training stack (``pip install 'edgereason[convert]'``).
+Names are resolved lazily so importing this package stays cheap until a function is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .gguf_export import hf_to_gguf
+    from .parity import logits_parity
+    from .tiny import embedded_gguf_path, make_tiny_checkpoint, qwen_tokenizer_dir
+
+__all__ = ["embedded_gguf_path", "hf_to_gguf", "logits_parity", "make_tiny_checkpoint", "qwen_tokenizer_dir"]
+
+_HOMES = {
+    "hf_to_gguf": "gguf_export",
+    "logits_parity": "parity",
+    "make_tiny_checkpoint": "tiny",
+    "qwen_tokenizer_dir": "tiny",
+    "embedded_gguf_path": "tiny",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

