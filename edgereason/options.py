@@ -5,12 +5,97 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from .errors import InvalidRequestError
 
 DEFAULT_TEMPERATURE = 0.7
 MAX_STOP_STRINGS = 8
+# Thinking budgets (see strategies/budget.py). reasoning_effort maps to these reasoning-token caps;
+# "none" turns thinking off. Sized for small on-device students; pass thinking_budget to override.
+DEFAULT_EFFORT_BUDGETS: dict[str, int | None] = {"none": None, "low": 256, "medium": 1024, "high": 4096}
+DEFAULT_WRAP_UP = (
+    "Considering the limited time, I have to give the solution based on the thinking directly now."
+)
+DEFAULT_TRANSITION_MARKERS = ("Wait", "Alternatively", "Hmm", "\n\n")
+DEFAULT_AUTO_BUDGET_CAP = 1024
+DEFAULT_MAX_SAMPLES = 64  # most self-consistency samples one request may ask for
+
+
+class SelfConsistencyOptions(BaseModel):
+    """Sample several reasoning paths in one batch and vote on their extracted answers."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    samples: int = Field(default=8, ge=1, le=DEFAULT_MAX_SAMPLES, description="samples (the most, when adaptive or timed)")
+    temperature: float = Field(default=0.6, ge=0.0, le=5.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    adaptive: Literal[False, "beta", "esc"] = Field(default=False, description="stopping rule: Beta (Adaptive-Consistency) or ESC windows")
+    threshold: float = Field(default=0.95, gt=0.5, lt=1.0, description="beta: stop once P(leader is the majority) reaches this")
+    window: int = Field(default=5, ge=1, le=DEFAULT_MAX_SAMPLES, description="esc: samples per window")
+    strategy: Literal["majority", "weighted"] = Field(default="majority", description="weighted: DeepConf trace confidence")
+    time_budget_s: float | None = Field(default=None, gt=0.0, description="keep sampling until this deadline, then vote")
+    answer_format: Literal["auto", "number", "boxed", "choice", "text"] = "auto"
+    mismatch: Literal["keep", "drop", "downweight"] = Field(
+        default="keep", description="samples whose reasoning and final answer disagree: vote, abstain, or half a vote"
+    )
+
+    @field_validator("adaptive", mode="before")
+    @classmethod
+    def _adaptive_alias(cls, v: Any) -> Any:
+        return "beta" if v is True else v
+
+
+DEFAULT_LORID_PROMPTS = {
+    "ir": "Please answer this question step by step.",
+    "kg": "Please output the knowledge needed to solve the question step by step.",
+    "dr": "Please reason step by step based on the given question and knowledge, and output the final answer.",
+}
+MAX_ADAPTER_SCALE = 4.0
+
+
+class AdapterRef(BaseModel):
+    """One LoRA adapter of a request, by the name it was loaded under."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=256)
+    scale: float = Field(default=1.0, ge=-MAX_ADAPTER_SCALE, le=MAX_ADAPTER_SCALE)
+
+
+class LoridOptions(BaseModel):
+    """LoRID: an intuitive reasoner (IR) and a knowledge generator + deep reasoner (KG→DR) until they agree."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    roles: dict[str, str] = Field(
+        default_factory=lambda: {"ir": "ir", "kg": "kg", "dr": "dr"}, description="role -> adapter name"
+    )
+    prompts: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_LORID_PROMPTS), description="role -> instruction")
+    max_iterations: int = Field(default=8, ge=1, le=32)
+    temperature: float = Field(default=1.0, ge=0.0, le=5.0, description="the paper samples at 1.5")
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    answer_format: Literal["auto", "number", "boxed", "choice", "text"] = "auto"
+
+    @field_validator("roles", "prompts", mode="after")
+    @classmethod
+    def _fill_defaults(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        base = {"ir": "ir", "kg": "kg", "dr": "dr"} if info.field_name == "roles" else DEFAULT_LORID_PROMPTS
+        unknown = sorted(set(v) - set(base))
+        if unknown:
+            raise ValueError(f"unknown role {unknown[0]!r}; roles are ir, kg, dr")
+        if any(not x for x in v.values()):
+            raise ValueError("empty value")
+        return {**base, **v}
 
 
 class GenerationOptions(BaseModel):
@@ -34,6 +119,18 @@ class GenerationOptions(BaseModel):
     top_logprobs: int = Field(default=0, ge=0, le=20, description="and this many alternatives per token")
     thinking: bool | Literal["auto"] = "auto"
     ignore_eos: bool = Field(default=False, description="keep generating past end-of-generation (benchmarks)")
+    self_consistency: SelfConsistencyOptions | None = Field(default=None, description="an int N or an object: vote over N samples")
+    adapter: str | None = Field(default=None, min_length=1, description="a loaded LoRA adapter, at scale 1")
+    adapters: tuple[AdapterRef, ...] | None = Field(default=None, max_length=8, description="LoRA adapters with scales")
+    strategy: Literal["generate", "lorid"] | None = Field(default=None, description="'lorid': the multi-LoRA loop")
+    lorid: LoridOptions | None = Field(default=None, description="LoRID settings (implies strategy 'lorid')")
+
+    @field_validator("self_consistency", mode="before")
+    @classmethod
+    def _samples_shorthand(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return {"samples": v}
+        return v
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -50,6 +147,90 @@ class GenerationOptions(BaseModel):
         if any(not s for s in v):
             raise ValueError("stop strings must be non-empty")
         return v
+
+    # -- thinking budgets ------------------------------------------------------------------------
+    thinking_budget: int | Literal["auto"] | None = Field(
+        default=None,
+        validation_alias=AliasChoices("thinking_budget", "thinking_token_budget"),
+        description="cap on reasoning tokens (exact), or 'auto' for adaptive early exit (DEER)",
+    )
+    reasoning_effort: Literal["none", "low", "medium", "high"] | None = Field(
+        default=None, description="a thinking budget from DEFAULT_EFFORT_BUDGETS; 'none' skips thinking"
+    )
+    min_thinking: StrictInt | None = Field(default=None, ge=0, description="reasoning tokens to write")
+    max_waits: int = Field(default=2, ge=0, le=16, description="most 'Wait' extensions for min_thinking")
+    wrap_up: str = Field(default=DEFAULT_WRAP_UP, max_length=400, description="said before a forced close")
+    early_exit_threshold: float = Field(default=0.95, gt=0.0, le=1.0)
+    early_exit_max_probes: int = Field(default=10, ge=0, le=100)
+    early_exit_probe_tokens: int = Field(default=20, ge=1, le=64)
+    early_exit_confidence: Literal["mean", "geometric", "min"] = "mean"
+    early_exit_prefix: str | None = Field(default=None, description="trial-answer prefix; default by format")
+    transition_markers: tuple[str, ...] = Field(
+        default=DEFAULT_TRANSITION_MARKERS, min_length=1, max_length=16
+    )
+    auto_budget_cap: int = Field(default=DEFAULT_AUTO_BUDGET_CAP, ge=1, description="overall cap in 'auto'")
+    loop_guard: bool | None = Field(default=None, description="close degenerate thinking; None: on in 'auto'")
+
+    @field_validator("thinking_budget", mode="before")
+    @classmethod
+    def _budget_int_or_auto(cls, v: Any) -> Any:
+        if v is None or v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"must be a non-negative integer or 'auto', got {v!r}")
+        return v
+
+    @field_validator("reasoning_effort")
+    @classmethod
+    def _effort_vs_budget(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v == "none" and info.data.get("thinking_budget") is not None:
+            raise ValueError("'none' turns thinking off; drop thinking_budget or pick low/medium/high")
+        return v
+
+    @field_validator("min_thinking")
+    @classmethod
+    def _min_within_budget(cls, v: int | None, info: ValidationInfo) -> int | None:
+        budget = info.data.get("thinking_budget")
+        if budget is None and info.data.get("reasoning_effort") is not None:
+            budget = DEFAULT_EFFORT_BUDGETS[info.data["reasoning_effort"]]
+        if v is not None and isinstance(budget, int) and v > budget:
+            raise ValueError(f"min_thinking ({v}) is larger than thinking_budget ({budget})")
+        return v
+
+    @property
+    def effective_thinking_budget(self) -> int | Literal["auto"] | None:
+        """thinking_budget, else the reasoning_effort table's budget."""
+        if self.thinking_budget is not None:
+            return self.thinking_budget
+        return DEFAULT_EFFORT_BUDGETS[self.reasoning_effort] if self.reasoning_effort else None
+
+    @property
+    def effective_thinking(self) -> bool | Literal["auto"]:
+        """thinking, turned off by reasoning_effort='none'."""
+        return False if self.reasoning_effort == "none" else self.thinking
+
+    # -- end of thinking budgets -------------------------------------------------------------------
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapters_unique(cls, v: tuple[AdapterRef, ...] | None, info: ValidationInfo) -> tuple[AdapterRef, ...] | None:
+        if v is not None:
+            if info.data.get("adapter") is not None:
+                raise ValueError("give either adapter or adapters, not both")
+            if len({a.name for a in v}) != len(v):
+                raise ValueError("an adapter is listed twice")
+        return v
+
+    @property
+    def adapter_set(self) -> tuple[tuple[str, float], ...]:
+        """The requested adapters as a sorted ((name, scale), ...) tuple; () is the base model."""
+        if self.adapter is not None:
+            return ((self.adapter, 1.0),)
+        return tuple(sorted((a.name, a.scale) for a in self.adapters or ()))
+
+    @property
+    def uses_lorid(self) -> bool:
+        return self.strategy == "lorid" or self.lorid is not None
 
     @property
     def greedy(self) -> bool:

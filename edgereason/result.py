@@ -96,6 +96,8 @@ class ChatResult:
             "answer": c.answer,
             "finish_reason": c.finish_reason,
             "thinking_stopped_by": c.thinking_stopped_by,
+            "answer_confidence": c.extra.get("answer_confidence"),
+            "think_answer_mismatch": c.extra.get("think_answer_mismatch"),
             "usage": self.usage.to_dict(),
             **({"choices": [_choice_dict(x) for x in self.choices]} if len(self.choices) > 1 else {}),
             **self.extra,
@@ -109,4 +111,6 @@ def _choice_dict(c: Choice) -> dict[str, Any]:
         "reasoning": c.reasoning,
         "answer": c.answer,
         "finish_reason": c.finish_reason,
+        "answer_confidence": c.extra.get("answer_confidence"),
+        "think_answer_mismatch": c.extra.get("think_answer_mismatch"),
     }

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
-from .backends.base import AdapterSet, Backend, BatchItem, ContextFullError, Sampler, SamplingParams, TopLogprobs
+from .backends.base import (
+    AdapterSet,
+    Backend,
+    BatchItem,
+    ContextFullError,
+    Sampler,
+    SamplingParams,
+    TopLogprobs,
+)
 from .errors import CapacityError
 
 log = logging.getLogger(__name__)
@@ -53,7 +61,9 @@ class Seq:
     tokens: list[int] = field(default_factory=list)  # everything after the prompt, injected included
     status: Status = Status.ACTIVE
     tag: object = None  # free for the controller
-    _utf8: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    _utf8: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace")
+    )
 
     @property
     def live(self) -> bool:

@@ -11,7 +11,9 @@ import pytest
 
 
 def run(*args: str, timeout: int = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgereason", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "edgereason", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_version() -> None:
@@ -36,7 +38,11 @@ def test_run_json() -> None:
 def test_run_streams_reasoning_to_stderr_answer_to_stdout() -> None:
     r = run("run", "What is 12 + 7?", "--max-tokens", "40", "--temperature", "0", "--thinking", "on")
     assert r.returncode == 0, r.stderr
-    ref = json.loads(run("run", "What is 12 + 7?", "--max-tokens", "40", "--temperature", "0", "--thinking", "on", "--json").stdout)
+    ref = json.loads(
+        run(
+            "run", "What is 12 + 7?", "--max-tokens", "40", "--temperature", "0", "--thinking", "on", "--json"
+        ).stdout
+    )
     assert ref["reasoning"] and ref["reasoning"].strip() in r.stderr
     assert r.stdout.strip() == ref["content"].strip()
 
@@ -70,7 +76,7 @@ def test_not_a_gguf(tmp_path: Path) -> None:
 
 def test_truncated_gguf(tmp_path: Path, model_path: Path) -> None:
     bad = tmp_path / "cut.gguf"
-    bad.write_bytes(model_path.read_bytes()[: 5_000_000])
+    bad.write_bytes(model_path.read_bytes()[:5_000_000])
     _one_line_error(run("run", "hi", "--model", str(bad)), "truncated")
 
 
@@ -93,3 +99,25 @@ def test_truncated_header(tmp_path: Path, model_path: Path) -> None:
 )
 def test_bad_option_values(args: list[str], needle: str) -> None:
     _one_line_error(run(*args), needle)
+
+
+def test_chat_keeps_history() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgereason", "chat", "--max-tokens", "12", "--temperature", "0"],
+        input="My name is Ada.\nWhat is my name?\n/exit\n",
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("> ") >= 2  # two prompts answered before /exit
+    assert "Traceback" not in proc.stderr
+
+
+def test_models_dir(tmp_path: Path, model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "tiny.gguf").symlink_to(model_path)
+    monkeypatch.setenv("EDGEREASON_MODELS_DIR", str(tmp_path))
+    r = run("models", "--json")
+    assert any(e["path"].endswith("tiny.gguf") for e in json.loads(r.stdout))
+    r = run("run", "hi", "--model", "tiny", "--max-tokens", "4", "--json")
+    assert r.returncode == 0, r.stderr

@@ -74,7 +74,10 @@ def test_usage_matches_tokens(engine: er.Engine) -> None:
     assert res.usage.completion_tokens == 16 and res.finish_reason == "length"
     assert res.usage.total_tokens == res.usage.prompt_tokens + 16
     free = engine.chat(QUESTION, max_tokens=64, temperature=0.0)
-    assert free.usage.completion_tokens == len(engine.backend.tokenize(free.content)) or free.finish_reason == "stop"
+    assert (
+        free.usage.completion_tokens == len(engine.backend.tokenize(free.content))
+        or free.finish_reason == "stop"
+    )
 
 
 def test_forced_thinking_routes_to_reasoning(engine: er.Engine) -> None:
@@ -98,7 +101,9 @@ def test_stop_strings(engine: er.Engine) -> None:
     words = full.content.split()
     assert len(words) > 3
     stop = words[2]
-    res = engine.chat(msgs("Count from one to ten, comma separated."), max_tokens=40, temperature=0.0, stop=[stop])
+    res = engine.chat(
+        msgs("Count from one to ten, comma separated."), max_tokens=40, temperature=0.0, stop=[stop]
+    )
     assert stop not in res.content and res.finish_reason == "stop"
     assert full.content.startswith(res.content.rstrip())
 
@@ -157,7 +162,13 @@ def test_bad_options(engine: er.Engine, fields: dict[str, object], param: str) -
 
 @pytest.mark.parametrize(
     "messages",
-    [[], [{"role": "wizard", "content": "hi"}], [{"content": "hi"}], [{"role": "user", "content": 5}], "hello"],
+    [
+        [],
+        [{"role": "wizard", "content": "hi"}],
+        [{"content": "hi"}],
+        [{"role": "user", "content": 5}],
+        "hello",
+    ],
 )
 def test_bad_messages(engine: er.Engine, messages: object) -> None:
     with pytest.raises(er.InvalidRequestError):

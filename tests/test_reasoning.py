@@ -22,8 +22,20 @@ CASES = [
     # (pieces, starts_in_reasoning, may_open, reasoning, content)
     (["<think>", "a b", "</think>", "answer"], False, True, "a b", "answer"),
     (["<th", "ink>", "x", "</th", "ink>", "y"], False, True, "x", "y"),
-    (["<", "t", "h", "i", "n", "k", ">", "r", "<", "/", "t", "h", "i", "n", "k", ">", "c"], False, True, "r", "c"),
-    (["<think>\n", "step 1\n", "step 2\n", "</think>\n\n", "The answer is 4."], False, True, "step 1\nstep 2", "The answer is 4."),
+    (
+        ["<", "t", "h", "i", "n", "k", ">", "r", "<", "/", "t", "h", "i", "n", "k", ">", "c"],
+        False,
+        True,
+        "r",
+        "c",
+    ),
+    (
+        ["<think>\n", "step 1\n", "step 2\n", "</think>\n\n", "The answer is 4."],
+        False,
+        True,
+        "step 1\nstep 2",
+        "The answer is 4.",
+    ),
     (["  <think>x</think>  y"], False, True, "x", "y"),
     (["no tags here"], False, True, "", "no tags here"),
     (["<thinking is fun"], False, True, "", "<thinking is fun"),
@@ -50,7 +62,9 @@ def test_splitter_table(pieces: list[str], sir: bool, may_open: bool, reasoning:
     assert split(pieces, starts_in_reasoning=sir, may_open=may_open) == (reasoning, content)
 
 
-@pytest.mark.parametrize("text", ["<think>\nfirst\nsecond\n</think>\n\nThe answer is 42.\n", "<think>a</think>b", "plain text"])
+@pytest.mark.parametrize(
+    "text", ["<think>\nfirst\nsecond\n</think>\n\nThe answer is 42.\n", "<think>a</think>b", "plain text"]
+)
 def test_splitter_char_by_char_equals_whole(text: str) -> None:
     assert split(list(text)) == split([text])
 

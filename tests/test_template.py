@@ -55,5 +55,7 @@ def test_qwen3_template_matches_transformers(qwen_tokenizer, qwen_dir: Path, con
 def test_embedded_model_template_matches_transformers(qwen_tokenizer, model_path: Path, conv) -> None:  # type: ignore[no-untyped-def]
     template = read_gguf_info(model_path).chat_template
     assert template
-    want = qwen_tokenizer.apply_chat_template(conv, chat_template=template, tokenize=False, add_generation_prompt=True)
+    want = qwen_tokenizer.apply_chat_template(
+        conv, chat_template=template, tokenize=False, add_generation_prompt=True
+    )
     assert render_chat(template, conv) == want

@@ -22,7 +22,15 @@ import numpy as np
 
 from ..errors import ModelLoadError, UnknownAdapterError
 from ..gguf_meta import read_gguf_info
-from .base import AdapterSet, BatchItem, Capabilities, ContextFullError, ModelInfo, SamplingParams, TopLogprobs
+from .base import (
+    AdapterSet,
+    BatchItem,
+    Capabilities,
+    ContextFullError,
+    ModelInfo,
+    SamplingParams,
+    TopLogprobs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +82,9 @@ def extra_buffers_usable(model_path: str | Path) -> bool:
         return True
     if "amx_tile" not in cpuinfo:
         return True
-    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), "cpu")
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), "cpu"
+    )
     # Probe with a quantised model: f32 weights never reach the AMX kernels, so they prove nothing.
     try:
         from ..models import embedded_model_path
@@ -126,7 +136,11 @@ class LlamaSampler:
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         add = lambda s: lib.llama_sampler_chain_add(chain, s)  # noqa: E731
         if p.repeat_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
-            add(lib.llama_sampler_init_penalties(p.repeat_last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty))
+            add(
+                lib.llama_sampler_init_penalties(
+                    p.repeat_last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
+                )
+            )
         if p.temperature <= 0.0:
             add(lib.llama_sampler_init_greedy())
         else:
@@ -162,14 +176,18 @@ class LlamaCppBackend:
     ) -> None:
         gguf = read_gguf_info(path)  # clear errors for missing, non-GGUF and truncated files
         if gguf.is_adapter:
-            raise ModelLoadError(f"{gguf.path} is a LoRA adapter, not a model; pass it with --adapter NAME=PATH")
+            raise ModelLoadError(
+                f"{gguf.path} is a LoRA adapter, not a model; pass it with --adapter NAME=PATH"
+            )
         lib = self._lib = _import_llama()
         self._stack = ExitStack()
         mparams = lib.llama_model_default_params()
         mparams.use_extra_bufts = extra_buffers_usable(gguf.path)
         model = lib.llama_model_load_from_file(str(gguf.path).encode(), mparams)
         if not model:
-            raise ModelLoadError(f"llama.cpp could not load {gguf.path} (architecture {gguf.architecture!r}); is it supported?")
+            raise ModelLoadError(
+                f"llama.cpp could not load {gguf.path} (architecture {gguf.architecture!r}); is it supported?"
+            )
         self._stack.callback(lib.llama_model_free, model)
         self.model = model
         self.vocab = lib.llama_model_get_vocab(model)
@@ -192,7 +210,9 @@ class LlamaCppBackend:
         ctx = lib.llama_init_from_model(model, cparams)
         if not ctx:
             self._stack.close()
-            raise ModelLoadError(f"llama.cpp could not create a context (n_ctx={n_ctx}, sequences={max_sequences})")
+            raise ModelLoadError(
+                f"llama.cpp could not create a context (n_ctx={n_ctx}, sequences={max_sequences})"
+            )
         self._stack.callback(lib.llama_free, ctx)
         self.ctx = ctx
         self.mem = lib.llama_get_memory(ctx)
@@ -327,7 +347,9 @@ class LlamaCppBackend:
             raise ModelLoadError(f"{info.path} is not a LoRA adapter GGUF (general.type != adapter)")
         handle = self._lib.llama_adapter_lora_init(self.model, str(info.path).encode())
         if not handle:
-            raise ModelLoadError(f"llama.cpp could not load adapter {name!r} from {info.path}; is it made for this base model?")
+            raise ModelLoadError(
+                f"llama.cpp could not load adapter {name!r} from {info.path}; is it made for this base model?"
+            )
         self._adapters[name] = handle
 
     def unload_adapter(self, name: str) -> None:
@@ -347,7 +369,9 @@ class LlamaCppBackend:
             return
         for name, _ in adapters:
             if name not in self._adapters:
-                raise UnknownAdapterError(f"adapter {name!r} is not loaded (loaded: {self.adapter_names or 'none'})")
+                raise UnknownAdapterError(
+                    f"adapter {name!r} is not loaded (loaded: {self.adapter_names or 'none'})"
+                )
         n = len(adapters)
         arr = (self._lib.llama_adapter_lora_p_ctypes * max(n, 1))(*[self._adapters[a] for a, _ in adapters])
         scales = (ctypes.c_float * max(n, 1))(*[s for _, s in adapters])

@@ -11,7 +11,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-BENCHES = ("decode",)
+BENCHES = ("decode", "serve", "votes", "budgets", "lora")
 
 
 def add_bench_parser(sub: Any, add_model_flags: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -20,15 +20,23 @@ def add_bench_parser(sub: Any, add_model_flags: Callable[[argparse.ArgumentParse
     bench.add_argument("--tokens", type=int, default=128, help="tokens generated per sequence")
     bench.add_argument("--sequences", type=int, default=8, help="parallel sequences for the batched runs")
     bench.add_argument("--repeats", type=int, default=3, help="repetitions (the median is reported)")
+    bench.add_argument("--problems", type=int, default=20, help="votes: arithmetic problems for the accuracy runs")
+    bench.add_argument("--answer-tokens", type=int, default=48, help="votes: max tokens per answer in the accuracy runs")
     bench.add_argument("--out", type=Path, default=Path("bench-results"), help="where to write the JSON results")
     add_model_flags(bench)
     bench.set_defaults(func=lambda args: run_bench(args))
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from . import decode
+    from . import budgets, decode, lora, serve, votes
 
-    runners = {"decode": decode.run}
+    runners = {
+        "decode": decode.run,
+        "serve": serve.run,
+        "votes": votes.run,
+        "budgets": budgets.run,
+        "lora": lora.run,
+    }
     results = runners[args.which](args)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{args.which}.json"

@@ -78,7 +78,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sampled = er.GenerationOptions(max_tokens=n_tok, temperature=0.8, seed=7, ignore_eos=True)
 
     def batched() -> int:
-        streams = [engine.stream_completion(PROMPT, sampled.model_copy(update={"seed": 7 + i})) for i in range(n_seq)]
+        streams = [
+            engine.stream_completion(PROMPT, sampled.model_copy(update={"seed": 7 + i})) for i in range(n_seq)
+        ]
         return sum(s.wait().usage.completion_tokens for s in streams)
 
     def sequential() -> int:
@@ -110,8 +112,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
     }
     s, b = res["single_stream"], res["batched"]
-    print(f"single stream: edgereason {s['edgereason_tok_s']} tok/s vs llama-cpp-python {s['llama_cpp_python_tok_s']} tok/s"
-          f" -> ratio {s['ratio']} (target >= 0.95)")
-    print(f"{n_seq} sequences: batched {b['batched_s']} s vs sequential {b['sequential_s']} s"
-          f" -> wall-time ratio {b['wall_time_ratio']} (target <= 0.6)")
+    print(
+        f"single stream: edgereason {s['edgereason_tok_s']} tok/s vs llama-cpp-python {s['llama_cpp_python_tok_s']} tok/s"
+        f" -> ratio {s['ratio']} (target >= 0.95)"
+    )
+    print(
+        f"{n_seq} sequences: batched {b['batched_s']} s vs sequential {b['sequential_s']} s"
+        f" -> wall-time ratio {b['wall_time_ratio']} (target <= 0.6)"
+    )
     return res

@@ -47,6 +47,7 @@ class PromptPlan:
     starts_in_reasoning: bool  # the prompt opened <think>: output begins as reasoning
     may_open: bool  # the model may open <think> itself at the start of its output
     thinking_disabled: bool  # the prompt carries a closed, empty think block
+    reasoning_format: str | None = None  # the format's value, when rendered for one (probe prefixes)
 
 
 def plan_prompt(rendered: str, fmt: ReasoningFormat, thinking: Thinking) -> PromptPlan:
@@ -61,12 +62,30 @@ def plan_prompt(rendered: str, fmt: ReasoningFormat, thinking: Thinking) -> Prom
             text += "\n" + CLOSE_TAG + "\n\n"
         elif not text.rstrip().endswith(CLOSE_TAG) and fmt is not ReasoningFormat.NONE:
             text += OPEN_TAG + "\n\n" + CLOSE_TAG + "\n\n"
-        return PromptPlan(text, starts_in_reasoning=False, may_open=False, thinking_disabled=True)
+        return PromptPlan(
+            text,
+            starts_in_reasoning=False,
+            may_open=False,
+            thinking_disabled=True,
+            reasoning_format=fmt.value,
+        )
     if thinking is True and not think_is_open(text):
         text += OPEN_TAG + "\n"
     if think_is_open(text):
-        return PromptPlan(text, starts_in_reasoning=True, may_open=False, thinking_disabled=False)
-    return PromptPlan(text, starts_in_reasoning=False, may_open=fmt is not ReasoningFormat.NONE, thinking_disabled=False)
+        return PromptPlan(
+            text,
+            starts_in_reasoning=True,
+            may_open=False,
+            thinking_disabled=False,
+            reasoning_format=fmt.value,
+        )
+    return PromptPlan(
+        text,
+        starts_in_reasoning=False,
+        may_open=fmt is not ReasoningFormat.NONE,
+        thinking_disabled=False,
+        reasoning_format=fmt.value,
+    )
 
 
 class State(str, Enum):
@@ -96,6 +115,22 @@ class ChannelSplitter:
     @property
     def in_reasoning(self) -> bool:
         return self.state is State.REASONING
+
+    @property
+    def held(self) -> str:
+        """Reasoning text held back because it may start the close tag (what the model wrote of it)."""
+        return self._buf if self.state is State.REASONING else ""
+
+    def closes_with(self, text: str) -> bool:
+        """Would feeding ``text`` end the think block?"""
+        return self.state is State.REASONING and CLOSE_TAG in self._buf + text
+
+    def drop_held(self) -> str:
+        """Forget the held partial tag (its tokens were rewound) and return it."""
+        held = self.held
+        if held:
+            self._buf = ""
+        return held
 
     def feed(self, text: str) -> list[tuple[Channel, str]]:
         self._buf += text

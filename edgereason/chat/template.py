@@ -21,7 +21,13 @@ def _raise_exception(message: str) -> None:
     raise jinja2.exceptions.TemplateError(message)
 
 
-def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False) -> str:
+def _tojson(
+    x: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: Any = None,
+    sort_keys: bool = False,
+) -> str:
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
@@ -44,11 +50,15 @@ def _compile(source: str) -> jinja2.Template:
 def validate_messages(messages: Sequence[Any]) -> list[dict[str, Any]]:
     """Check the OpenAI message shape and return plain dicts (content always a string)."""
     if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or not messages:
-        raise InvalidRequestError("messages must be a non-empty list of {role, content} objects", param="messages")
+        raise InvalidRequestError(
+            "messages must be a non-empty list of {role, content} objects", param="messages"
+        )
     out: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
-            raise InvalidRequestError(f"messages[{i}] must be an object with role and content", param="messages")
+            raise InvalidRequestError(
+                f"messages[{i}] must be an object with role and content", param="messages"
+            )
         role = m.get("role")
         if role not in VALID_ROLES:
             raise InvalidRequestError(
@@ -58,7 +68,9 @@ def validate_messages(messages: Sequence[Any]) -> list[dict[str, Any]]:
         if isinstance(content, list):  # OpenAI content parts: keep the text parts
             texts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
             if len(texts) != len(content):
-                raise InvalidRequestError(f"messages[{i}].content: only text parts are supported", param="messages")
+                raise InvalidRequestError(
+                    f"messages[{i}].content: only text parts are supported", param="messages"
+                )
             content = "".join(texts)
         if content is None and role == "assistant":
             content = ""

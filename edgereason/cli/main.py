@@ -23,18 +23,49 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _thinking(value: str) -> bool | str:
-    table = {"on": True, "true": True, "off": False, "false": False, "auto": "auto"}
+    table: dict[str, bool | str] = {"on": True, "true": True, "off": False, "false": False, "auto": "auto"}
     if value.lower() not in table:
         raise argparse.ArgumentTypeError(f"invalid choice {value!r} (use on, off or auto)")
     return table[value.lower()]
 
 
+def _budget(value: str) -> int | str:
+    if value.lower() == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid budget {value!r} (use a token count or auto)") from None
+
+
 def add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", default=None, help="GGUF path, 'default' (embedded SmolLM2), or a name in $EDGEREASON_MODELS_DIR")
+    p.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help="GGUF path, 'default' (embedded SmolLM2), or a name in $EDGEREASON_MODELS_DIR",
+    )
     p.add_argument("--n-ctx", type=int, default=None, help="context tokens shared by all sequences")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--chat-template", default=None, help="a jinja chat template file to use instead of the model's")
-    p.add_argument("--reasoning-format", choices=["deepseek-r1", "qwen3", "none"], default=None, help="override detection")
+    p.add_argument(
+        "--chat-template", default=None, help="a jinja chat template file to use instead of the model's"
+    )
+    p.add_argument(
+        "--reasoning-format",
+        choices=["deepseek-r1", "qwen3", "none"],
+        default=None,
+        help="override detection",
+    )
+
+
+def add_adapter_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=None,
+        metavar="NAME=PATH[:SCALE]",
+        help="load a LoRA adapter GGUF (repeatable); select it with --use-adapter NAME",
+    )
 
 
 def add_generation_flags(p: argparse.ArgumentParser) -> None:
@@ -47,14 +78,47 @@ def add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat-penalty", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    p.add_argument("--thinking", type=_thinking, default=None, help="on | off | auto: force thinking open or skip it")
+    p.add_argument(
+        "--thinking", type=_thinking, default=None, help="on | off | auto: force thinking open or skip it"
+    )
+    p.add_argument("--thinking-budget", type=_budget, default=None, metavar="N|auto", help="token cap")
+    p.add_argument("--min-thinking", type=int, default=None, help="reasoning tokens the model must write")
+    p.add_argument("--reasoning-effort", choices=["none", "low", "medium", "high"], default=None)
+    p.add_argument("--early-exit-threshold", type=float, default=None, help="auto: exit confidence")
+    p.add_argument("--use-adapter", default=None, metavar="NAME", help="generate with this loaded LoRA adapter")
 
 
-_GEN_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop", "thinking")
+_GEN_FIELDS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "seed",
+    "stop",
+    "thinking",
+    "thinking_budget",
+    "min_thinking",
+    "reasoning_effort",
+    "early_exit_threshold",
+)
 
 
 def generation_fields(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in _GEN_FIELDS if getattr(args, k, None) is not None}
+    fields = {k: getattr(args, k) for k in _GEN_FIELDS if getattr(args, k, None) is not None}
+    name = getattr(args, "use_adapter", None)
+    if name is not None:
+        scales = {spec.name: spec.scale for spec in _adapter_specs(args)}
+        fields["adapters"] = [{"name": name, "scale": scales.get(name, 1.0)}]
+    return fields
+
+
+def _adapter_specs(args: argparse.Namespace) -> list[Any]:
+    from ..adapters import parse_adapter_spec
+
+    # Only run/chat's NAME=PATH[:SCALE] strings; other commands (the app) load their adapters themselves.
+    return [parse_adapter_spec(text) for text in getattr(args, "adapter", None) or () if isinstance(text, str)]
 
 
 def load_engine(args: argparse.Namespace) -> Any:
@@ -68,7 +132,12 @@ def load_engine(args: argparse.Namespace) -> Any:
         except OSError as exc:
             raise EdgeReasonError(f"cannot read chat template {args.chat_template}: {exc.strerror}") from None
     return er.load(
-        args.model, n_ctx=args.n_ctx, threads=args.threads, chat_template=template, reasoning_format=args.reasoning_format
+        args.model,
+        n_ctx=args.n_ctx,
+        threads=args.threads,
+        chat_template=template,
+        reasoning_format=args.reasoning_format,
+        adapters={spec.name: spec.path for spec in _adapter_specs(args)} or None,
     )
 
 
@@ -118,10 +187,45 @@ def stream_to_terminal(stream: Any) -> Any:
     return stream.result
 
 
+def format_vote_table(report: dict[str, Any]) -> str:
+    """The self-consistency report as a small table: one row per answer, then a summary line."""
+    votes: dict[str, float] = report["votes"]
+    total = sum(votes.values()) or 1
+    width = max([len("ANSWER"), *(len(a) for a in votes)])
+    lines = [f"{'ANSWER':<{width}}  VOTES  SHARE"]
+    for answer, count in sorted(votes.items(), key=lambda kv: -kv[1]):
+        mark = "  <- voted" if answer == report["answer"] else ""
+        lines.append(f"{answer:<{width}}  {count:>5g}  {count / total:>5.0%}{mark}")
+    abstained = sum(1 for s in report["samples"] if s["answer"] is None)
+    lines.append(
+        f"{report['samples_used']}/{report['samples_requested']} samples"
+        + (f", {abstained} abstained" if abstained else "")
+        + (f", stopped early ({report['stop_rule']})" if report["stopped_early"] else "")
+    )
+    return "\n".join(lines)
+
+
+def _run_votes(
+    args: argparse.Namespace, engine: Any, messages: list[dict[str, str]], fields: dict[str, Any]
+) -> int:
+    fields["self_consistency"] = {"samples": args.votes, "adaptive": args.adaptive or False}
+    res = engine.chat(messages, **fields)
+    if args.json:
+        print(json.dumps(res.to_dict(), ensure_ascii=False))
+        return 0
+    sys.stderr.write(format_vote_table(res.extra["self_consistency"]) + "\n")
+    print(res.content)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     fields = generation_fields(args)
+    if getattr(args, "adaptive", None) and getattr(args, "votes", None) is None:
+        raise EdgeReasonError("--adaptive needs --votes N (the most samples to draw)")
     with load_engine(args) as engine:
         messages = _messages(args, args.prompt)
+        if getattr(args, "votes", None) is not None:
+            return _run_votes(args, engine, messages, fields)
         if args.json:
             res = engine.chat(messages, **fields)
             print(json.dumps(res.to_dict(), ensure_ascii=False))
@@ -134,7 +238,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     fields = generation_fields(args)
     with load_engine(args) as engine:
         history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
-        sys.stderr.write(f"chatting with {engine.name} ({engine.reasoning_format.value}); /reset clears, /exit quits\n")
+        sys.stderr.write(
+            f"chatting with {engine.name} ({engine.reasoning_format.value}); /reset clears, /exit quits\n"
+        )
         while True:
             try:
                 line = input("> ")
@@ -168,9 +274,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"{'NAME':<28} {'FORMAT':<6} {'ARCH':<10} {'QUANT':<8} {'SIZE':>9}  TEMPLATE  PATH")
     for e in entries:
         size = f"{e.size_bytes / 1e6:.1f}MB"
-        print(f"{e.name[:28]:<28} {e.format:<6} {e.architecture[:10]:<10} {e.quantization:<8} {size:>9}  "
-              f"{'yes' if e.has_chat_template else 'no':<8}  {e.path}")
+        print(
+            f"{e.name[:28]:<28} {e.format:<6} {e.architecture[:10]:<10} {e.quantization:<8} {size:>9}  "
+            f"{'yes' if e.has_chat_template else 'no':<8}  {e.path}"
+        )
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..server import serve
+    from ..server.settings import settings_from_args
+
+    logging.getLogger("edgereason.server").setLevel(logging.INFO)
+    return serve(settings_from_args(args))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -189,13 +305,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("prompt")
     run.add_argument("--system", default=None, help="system message")
     run.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    run.add_argument(
+        "--votes", type=int, default=None, metavar="N", help="self-consistency: vote over N samples"
+    )
+    run.add_argument(
+        "--adaptive",
+        choices=["beta", "esc"],
+        default=None,
+        help="with --votes: stop once the vote is settled",
+    )
     add_model_flags(run)
+    add_adapter_flags(run)
     add_generation_flags(run)
     run.set_defaults(func=cmd_run)
 
     chat = sub.add_parser("chat", help="interactive terminal chat keeping history")
     chat.add_argument("--system", default=None)
     add_model_flags(chat)
+    add_adapter_flags(chat)
     add_generation_flags(chat)
     chat.set_defaults(func=cmd_chat)
 
@@ -204,16 +331,30 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
 
+    from ..server.settings import add_settings_flags
+
+    serve = sub.add_parser(
+        "serve", help="OpenAI-compatible HTTP server over one engine (continuous batching)"
+    )
+    add_settings_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
     from ..bench import add_bench_parser
 
     add_bench_parser(sub, add_model_flags)
+
+    from ..app.command import add_app_parser
+
+    add_app_parser(sub, add_model_flags, load_engine)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s"
+    )
     if args.verbose < 2:
         logging.getLogger("edgereason.backends.llama_cpp").setLevel(logging.ERROR)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)

@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..answers import extract_answer, last_reasoning_answer
-from ..backends.base import SamplingParams, TopLogprobs
-from ..chat.reasoning import ChannelSplitter
+from ..backends.base import AdapterSet, SamplingParams, TopLogprobs
+from ..chat.reasoning import Channel, ChannelSplitter
 from ..job import Job, PreparedPrompt
 from ..options import GenerationOptions
 from ..result import ChatResult, Choice, Chunk, FinishReason, TokenLogprob, Usage
+from ..signals import answer_confidence, final_answer, think_answer_mismatch
+from .budget import ThinkingController, make_thinking_controller
 
 if TYPE_CHECKING:
     from ..scheduler import Scheduler, Seq
@@ -90,10 +92,13 @@ class ChoiceDecoder:
     thinking_stopped_by: str | None = None
     token_logprobs: list[TokenLogprob] | None = None
     logprob_values: list[float] = field(default_factory=list)  # every sampled token's logprob, when recorded
+    logprob_texts: list[str] = field(default_factory=list)  # the text of each token in logprob_values
     seq: Seq | None = None
+    thinking: ThinkingController | None = field(init=False, default=None)  # budgets, early exit, loop guard
 
     def __post_init__(self) -> None:
         plan = self.prompt.plan
+        self.thinking = make_thinking_controller(self.opts, plan)
         self.splitter = ChannelSplitter(starts_in_reasoning=plan.starts_in_reasoning, may_open=plan.may_open)
         self.stops = StopMatcher(self.opts.stop)
         if plan.thinking_disabled:
@@ -112,7 +117,16 @@ class ChoiceDecoder:
         return self.splitter.in_reasoning
 
     # -- Controller --------------------------------------------------------------------------------
+    def attach(self, seq: Seq) -> None:
+        """Own ``seq`` (spawned or forked for this choice, before its first decode)."""
+        self.seq = seq
+        if self.thinking is not None:
+            self.thinking.start(self, seq)
+
     def on_token(self, seq: Seq, token: int, text: str, logprobs: TopLogprobs | None) -> None:
+        policy = self.thinking
+        if policy is not None and self.in_reasoning and policy.before_token(self, seq, token, text, logprobs):
+            return  # the thinking policy took this token over (cap, "Wait", an early-exit probe)
         if self.sched.backend.is_eog(token) and not self.opts.ignore_eos:
             seq.pending.clear()
             self.end(seq, "stop")
@@ -120,9 +134,12 @@ class ChoiceDecoder:
         self.completion_tokens += 1
         if logprobs is not None:
             self.logprob_values.append(logprobs.logprob)
+            self.logprob_texts.append(text)
             if self.token_logprobs is not None:
                 self._record_logprob(token, logprobs)
         self.take_text(seq, text, tokens=1)
+        if self.thinking is not None and not self.finished:
+            self.thinking.after_token(self, seq, token, text)
         if not self.finished and self.completion_tokens >= self.max_tokens:
             self.end(seq, "length")
 
@@ -167,12 +184,14 @@ class ChoiceDecoder:
     def _finalize(self, seq: Seq, reason: FinishReason) -> None:
         if self.finished:
             return
+        if self.thinking is not None:
+            self.thinking.close_probe()
         self.finish_reason = reason
         self._route(self.splitter.feed(self.stops.flush()) + self.splitter.flush())
         if self.splitter.in_reasoning and self.thinking_stopped_by is None:
             self.thinking_stopped_by = "model" if reason == "stop" else "length"
 
-    def _route(self, parts: list[tuple[str, str]]) -> None:
+    def _route(self, parts: list[tuple[Channel, str]]) -> None:
         for channel, text in parts:
             (self.reasoning if channel == "reasoning" else self.content).append(text)
             if self.stream:
@@ -197,16 +216,32 @@ class ChoiceDecoder:
             answer=found.normalized if found else None,
             thinking_stopped_by=self.thinking_stopped_by,
             logprobs=self.token_logprobs,
+            extra={**self.answer_signals(), **(self.thinking.report() if self.thinking is not None else {})},
         )
+
+    def answer_signals(self, fmt: str = "auto") -> dict[str, float | bool | None]:
+        """``answer_confidence`` (needs log-probs) and ``think_answer_mismatch`` of this output."""
+        content, reasoning = "".join(self.content), "".join(self.reasoning)
+        found = final_answer(content, reasoning, fmt)
+        return {
+            "answer_confidence": answer_confidence(self.logprob_texts, self.logprob_values, found),
+            "think_answer_mismatch": think_answer_mismatch(content, reasoning, fmt),
+        }
 
 
 class GenerateJob(Job):
     """``n`` independent choices. With n > 1 the prompt is decoded once and forked."""
 
-    def __init__(self, prompt: PreparedPrompt, opts: GenerationOptions, model: str = "") -> None:
+    def __init__(
+        self, prompt: PreparedPrompt, opts: GenerationOptions, model: str = "", adapters: AdapterSet = ()
+    ) -> None:
         super().__init__()
         self.prompt, self.opts, self.model = prompt, opts, model
+        self.adapters = adapters  # resolved by the engine; forks inherit them
+        self.adapters_used = frozenset(name for name, _ in adapters)
         self.slots_needed = 1 if opts.n == 1 else opts.n + 1
+        if opts.effective_thinking_budget == "auto":
+            self.slots_needed += opts.n  # one early-exit probe per choice at a time
         self.decoders: list[ChoiceDecoder] = []
         self.root: Seq | None = None
 
@@ -223,9 +258,12 @@ class GenerateJob(Job):
             return
         if self.opts.n == 1:
             d = self.decoders[0]
-            d.seq = sched.spawn(d, self.prompt.tokens, sampling_for(self.opts), top_logprobs=self._want_logprobs())
+            seq = sched.spawn(
+                d, self.prompt.tokens, sampling_for(self.opts), adapters=self.adapters, top_logprobs=self._want_logprobs()
+            )
+            d.attach(seq)
         else:
-            self.root = sched.spawn(self, self.prompt.tokens[:-1], None)
+            self.root = sched.spawn(self, self.prompt.tokens[:-1], None, adapters=self.adapters)
             if not self.root.pending:
                 self.on_ready(self.root)
 
@@ -233,7 +271,8 @@ class GenerateJob(Job):
     def on_ready(self, seq: Seq) -> None:
         last = self.prompt.tokens[-1]
         for i, d in enumerate(self.decoders):
-            d.seq = self.sched.fork(seq, d, sampling_for(self.opts, i), pending=[last], top_logprobs=self._want_logprobs())
+            lp = self._want_logprobs()
+            d.attach(self.sched.fork(seq, d, sampling_for(self.opts, i), pending=[last], top_logprobs=lp))
         self.sched.finish(seq)  # forks keep the shared cells alive
         self.root = None
 

@@ -1,0 +1,81 @@
+"""LoRA adapter specs from the command line and the server: ``NAME=PATH[:SCALE]``, adapter folders, safe paths."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InvalidRequestError, ModelLoadError
+from .gguf_meta import read_gguf_info
+from .options import MAX_ADAPTER_SCALE
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    name: str
+    path: Path
+    scale: float = 1.0  # the scale a request gets when it selects the adapter by model name
+
+
+def check_adapter_name(name: str, param: str = "adapter") -> str:
+    if not _NAME.match(name):
+        raise InvalidRequestError(
+            f"invalid adapter name {name!r}: use letters, digits, '.', '_' or '-' (at most 128)", param=param
+        )
+    return name
+
+
+def parse_adapter_spec(text: str) -> AdapterSpec:
+    """``NAME=PATH`` or ``NAME=PATH:SCALE`` (a trailing ``:number`` is the scale, in [-4, 4])."""
+    name, sep, rest = text.partition("=")
+    if not sep or not rest:
+        raise InvalidRequestError(f"expected NAME=PATH[:SCALE], got {text!r}", param="adapter")
+    path, scale = rest, 1.0
+    head, colon, tail = rest.rpartition(":")
+    if colon and head:
+        try:
+            scale = float(tail)
+            path = head
+        except ValueError:
+            pass  # a colon in the path itself
+    if not -MAX_ADAPTER_SCALE <= scale <= MAX_ADAPTER_SCALE:
+        raise InvalidRequestError(f"adapter {name!r}: scale {scale} is outside [-4, 4]", param="adapter")
+    return AdapterSpec(check_adapter_name(name), Path(path).expanduser(), scale)
+
+
+def scan_adapter_dir(directory: Path) -> list[AdapterSpec]:
+    """Every LoRA adapter GGUF directly in ``directory``, named by file stem (other GGUFs are skipped)."""
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise ModelLoadError(f"adapter directory {directory} does not exist")
+    found: list[AdapterSpec] = []
+    for path in sorted(directory.glob("*.gguf")):
+        try:
+            if read_gguf_info(path).is_adapter and _NAME.match(path.stem):
+                found.append(AdapterSpec(path.stem, path))
+        except ModelLoadError:
+            continue  # unreadable files are reported when someone asks for them by name
+    return found
+
+
+def resolve_in_dir(directory: Path, requested: str) -> Path:
+    """``requested`` (relative to ``directory``, or absolute) as a file that really lies inside ``directory``.
+
+    Refuses ``..`` components and anything that resolves outside the folder (absolute paths elsewhere,
+    symlinks pointing out), so a request can never make the server open an arbitrary file.
+    """
+    if not requested or "\x00" in requested:
+        raise InvalidRequestError("lora_path is empty", param="lora_path")
+    if ".." in Path(requested).parts:
+        raise InvalidRequestError("lora_path may not contain '..'", param="lora_path")
+    root = Path(directory).expanduser().resolve()
+    candidate = Path(requested) if Path(requested).is_absolute() else root / requested
+    resolved = candidate.resolve()
+    if not resolved.is_relative_to(root):
+        raise InvalidRequestError(f"lora_path must lie inside the adapter directory {root}", param="lora_path")
+    if not resolved.is_file():
+        raise InvalidRequestError(f"no adapter file {requested!r} in the adapter directory", param="lora_path")
+    return resolved

@@ -1,0 +1,163 @@
+"""LoRA adapters: per-request switching against reloading the model (mlx-lm's way), and resident memory.
+
+Adapters are random rank-``r`` LoRA GGUFs written for the model being measured (shapes read from its
+GGUF), so the bench needs no training stack, only the ``gguf`` package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import MissingExtraError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RANK = 16
+TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+SWITCH_STEPS = 200
+REQUESTS = 12
+
+
+def make_random_lora_gguf(base: Path, out: Path, *, rank: int = DEFAULT_RANK, seed: int = 0) -> Path:
+    """A random LoRA adapter GGUF for the model ``base`` (every attention and MLP projection)."""
+    try:
+        import gguf
+    except ImportError as exc:
+        raise MissingExtraError("bench lora (writing adapters)", "convert") from exc
+    reader = gguf.GGUFReader(base)
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(out, arch)
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(rank))
+    for t in reader.tensors:
+        parts = t.name.split(".")
+        if len(parts) != 4 or parts[0] != "blk" or parts[2] not in TARGETS:
+            continue
+        n_in, n_out = int(t.shape[0]), int(t.shape[1])  # ggml order
+        writer.add_tensor(f"{t.name}.lora_a", (rng.standard_normal((rank, n_in)) * 0.02).astype(np.float32))
+        writer.add_tensor(f"{t.name}.lora_b", (rng.standard_normal((n_out, rank)) * 0.02).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+def rss_mib() -> float:
+    """Resident memory of this process (VmRSS), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _switch_cost_ms(backend: Any, names: list[str], steps: int) -> dict[str, float]:
+    """One-token decodes with the adapter fixed vs switched before every decode (one sequence)."""
+    from ..backends.base import BatchItem
+
+    def loop(switch: bool) -> float:
+        backend.remove(0, 0)
+        backend.set_adapters(((names[0], 1.0),))
+        t0 = time.perf_counter()
+        for i in range(steps):
+            if switch:
+                backend.set_adapters(((names[i % len(names)], 1.0),))
+            backend.decode([BatchItem(0, i, [1 + i % 100], True)])
+        return (time.perf_counter() - t0) * 1000 / steps
+
+    loop(True)  # warm both paths
+    fixed = statistics.median(loop(False) for _ in range(3))
+    switched = statistics.median(loop(True) for _ in range(3))
+    t0 = time.perf_counter()
+    for i in range(steps):
+        backend.set_adapters(((names[i % len(names)], 1.0),))
+    call = (time.perf_counter() - t0) * 1000 / steps
+    return {
+        "decode_ms_fixed_adapter": round(fixed, 3),
+        "decode_ms_switch_every_step": round(switched, 3),
+        "switch_overhead_ms": round(switched - fixed, 3),
+        "set_adapters_call_ms": round(call, 4),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import tempfile
+
+    import edgereason as er
+
+    from ..backends.llama_cpp import LlamaCppBackend
+    from ..models import resolve_model
+
+    model = resolve_model(args.model)
+    threads = args.threads
+    results: dict[str, Any] = {"model": str(model), "rank": DEFAULT_RANK}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [make_random_lora_gguf(model, Path(tmp) / f"lora{i}.gguf", seed=i) for i in range(3)]
+        results["adapter_file_mib"] = round(paths[0].stat().st_size / 2**20, 2)
+
+        # Resident memory with 0, 1, 3 adapters loaded (llama.cpp copies adapter tensors into memory).
+        gc.collect()
+        rss0 = rss_mib()
+        backend = LlamaCppBackend(model, threads=threads, max_sequences=4, n_ctx=512)
+        memory = {"process_before_load_mib": round(rss0, 1), "adapters_0_mib": round(rss_mib(), 1)}
+        for i, p in enumerate(paths):
+            backend.load_adapter(f"a{i}", p)
+            if i in (0, 2):
+                memory[f"adapters_{i + 1}_mib"] = round(rss_mib(), 1)
+        memory["per_adapter_mib"] = round((memory["adapters_3_mib"] - memory["adapters_0_mib"]) / 3, 2)
+        results["memory"] = memory
+
+        # Switching inside one loaded model vs reloading it with another adapter (what mlx-lm does).
+        results["switch"] = _switch_cost_ms(backend, ["a0", "a1", "a2"], SWITCH_STEPS)
+        backend.close()
+        reloads = []
+        for i in range(3):
+            t0 = time.perf_counter()
+            b = LlamaCppBackend(model, threads=threads, max_sequences=4, n_ctx=512, adapters={"x": paths[i]})
+            reloads.append((time.perf_counter() - t0) * 1000)
+            b.close()
+        results["reload_model_ms"] = round(statistics.median(reloads), 1)
+        results["reload_over_switch"] = round(
+            results["reload_model_ms"] / max(results["switch"]["switch_overhead_ms"], 1e-3), 1
+        )
+
+        # Whole requests through the engine: the same adapter every time vs a different one each request.
+        prompt = [{"role": "user", "content": "What is 12 + 7?"}]
+        fields = {"temperature": 0.0, "max_tokens": 16, "ignore_eos": True}
+        with er.load(model, threads=threads, max_sequences=4, n_ctx=512, adapters={f"a{i}": p for i, p in enumerate(paths)}) as eng:
+
+            def requests(rotate: bool) -> float:
+                t0 = time.perf_counter()
+                for i in range(REQUESTS):
+                    eng.chat(prompt, adapter=f"a{i % 3 if rotate else 0}", **fields)
+                return (time.perf_counter() - t0) * 1000 / REQUESTS
+
+            requests(True)
+            same = statistics.median(requests(False) for _ in range(args.repeats))
+            rotating = statistics.median(requests(True) for _ in range(args.repeats))
+        results["requests"] = {
+            "request_ms_same_adapter": round(same, 2),
+            "request_ms_rotating_adapters": round(rotating, 2),
+            "per_request_switch_overhead_ms": round(rotating - same, 3),
+        }
+    sw, mem = results["switch"], results["memory"]
+    print(
+        f"switch overhead {sw['switch_overhead_ms']:.3f} ms/decode (set call {sw['set_adapters_call_ms']:.4f} ms) "
+        f"vs reload {results['reload_model_ms']:.0f} ms ({results['reload_over_switch']}x); "
+        f"per request {results['requests']['per_request_switch_overhead_ms']:.3f} ms"
+    )
+    print(
+        f"RSS: 0 adapters {mem['adapters_0_mib']} MiB, 1: {mem['adapters_1_mib']} MiB, 3: {mem['adapters_3_mib']} MiB "
+        f"(~{mem['per_adapter_mib']} MiB each; file {results['adapter_file_mib']} MiB)"
+    )
+    return results

@@ -1,0 +1,500 @@
+"""The HTTP surface: OpenAI-compatible routes that translate requests into Engine calls."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import __version__
+from ..adapters import check_adapter_name, parse_adapter_spec, resolve_in_dir
+from ..errors import EdgeReasonError, InvalidRequestError, ModelLoadError
+from ..options import GenerationOptions
+from ..result import ChatResult, Chunk
+from . import schemas
+from .errors import (
+    AdapterManagementDisabledError,
+    AuthenticationError,
+    ModelNotFoundError,
+    NotReadyError,
+    error_body,
+    install_error_handlers,
+)
+from .metrics import Metrics
+from .settings import ServerSettings
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+    from ..job import ChatStream
+
+log = logging.getLogger(__name__)
+
+DISCONNECT_POLL_S = 0.25
+DEFAULT_MODEL_ALIASES = ("default",)
+
+
+def create_app(engine: Engine | None, settings: ServerSettings | None = None) -> FastAPI:
+    """Build the app over ``engine``; with None, /health answers 503 until ``app.state.engine`` is set."""
+    settings = settings or ServerSettings()
+    app = FastAPI(title="EdgeReason", version=__version__, summary="OpenAI-compatible reasoning-model server")
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.load_error = None
+    app.state.metrics = Metrics()
+    install_error_handlers(app)
+    app.add_middleware(_Gate, api_key=settings.api_key, metrics=app.state.metrics)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if app.state.engine is not None:
+            return JSONResponse({"status": "ok"})
+        failed = app.state.load_error
+        message = f"the model failed to load: {failed}" if failed else "loading model"
+        body = {"error": {"message": message, "type": "unavailable_error", "param": None, "code": 503}}
+        return JSONResponse(body, status_code=503)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        text = app.state.metrics.render(app.state.engine)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        eng = _engine(app)
+        base = {"id": eng.name, "object": "model", "created": 0, "owned_by": "edgereason"}
+        meta = {
+            "n_ctx": eng.backend.capabilities.n_ctx,
+            "max_sequences": eng.backend.capabilities.max_sequences,
+            "reasoning_format": eng.reasoning_format.value,
+        }
+        adapters = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "edgereason", "parent": eng.name}
+            for name in eng.adapter_names
+        ]
+        return {"object": "list", "data": [{**base, "meta": meta}, *adapters]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: schemas.ChatCompletionRequest, request: Request) -> Response:
+        eng = _engine(app)
+        model, fields = _check_model(eng, settings, req.model, req.option_fields())
+        opts = GenerationOptions.build(None, fields)
+        messages = req.message_dicts()
+        stream = await anyio.to_thread.run_sync(lambda: eng.stream(messages, opts))
+        id_, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            events = _sse_chat(stream, opts.n, id_, created, model, include_usage, app.state.metrics)
+            return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
+        result = await _collect(stream, request)
+        if result is None:
+            return Response(status_code=499)
+        app.state.metrics.count_usage(result.usage)
+        return JSONResponse(schemas.chat_completion(result, id_=id_, created=created, model=model))
+
+    @app.post("/v1/completions")
+    async def completions(req: schemas.CompletionRequest, request: Request) -> Response:
+        eng = _engine(app)
+        model, fields = _check_model(eng, settings, req.model, req.option_fields())
+        opts = GenerationOptions.build(None, fields)
+        prompt = req.prompt_text()
+        stream = await anyio.to_thread.run_sync(lambda: eng.stream_completion(prompt, opts))
+        id_, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            events = _sse_text(stream, id_, created, model, include_usage, app.state.metrics)
+            return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
+        result = await _collect(stream, request)
+        if result is None:
+            return Response(status_code=499)
+        app.state.metrics.count_usage(result.usage)
+        return JSONResponse(schemas.text_completion(result, id_=id_, created=created, model=model))
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(req: schemas.LoadLoraAdapterRequest) -> JSONResponse:
+        eng = _engine(app)
+        if settings.adapter_dir is None:
+            raise AdapterManagementDisabledError(
+                "loading adapters at runtime is disabled; start the server with --adapter-dir DIR"
+            )
+        name = check_adapter_name(req.lora_name, param="lora_name")
+        path = resolve_in_dir(settings.adapter_dir, req.lora_path)
+        try:
+            await anyio.to_thread.run_sync(lambda: eng.load_adapter(name, path))
+        except ModelLoadError as exc:  # a bad file is the request's fault; the server goes on serving
+            raise InvalidRequestError(str(exc), param="lora_path") from None
+        log.info("loaded LoRA adapter %s from %s", name, path)
+        return JSONResponse({"status": "ok", "lora_name": name, "lora_path": str(path)})
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(req: schemas.UnloadLoraAdapterRequest) -> JSONResponse:
+        eng = _engine(app)
+        if settings.adapter_dir is None:
+            raise AdapterManagementDisabledError(
+                "unloading adapters at runtime is disabled; start the server with --adapter-dir DIR"
+            )
+        await anyio.to_thread.run_sync(lambda: eng.unload_adapter(req.lora_name))
+        log.info("unloaded LoRA adapter %s", req.lora_name)
+        return JSONResponse({"status": "ok", "lora_name": req.lora_name})
+
+    return app
+
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _engine(app: FastAPI) -> Engine:
+    eng: Engine | None = app.state.engine
+    if eng is None:
+        failed = app.state.load_error
+        raise NotReadyError(
+            f"the model failed to load: {failed}" if failed else "the model is still loading; retry shortly"
+        )
+    return eng
+
+
+def _check_model(
+    eng: Engine, settings: ServerSettings, requested: str | None, fields: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """The model name to report and the option fields; unknown names are a 404 (clients spot typos by it).
+
+    A loaded adapter's name selects that adapter over the base model (vLLM-style).
+    """
+    served = {eng.name, eng.info.name, *DEFAULT_MODEL_ALIASES}
+    if settings.alias:
+        served.add(settings.alias)
+    if requested is None or requested in served:
+        return eng.name, fields
+    if requested in eng.adapter_names:
+        if "adapter" in fields or "adapters" in fields:
+            raise InvalidRequestError(
+                f"model {requested!r} already selects that adapter; drop adapter/adapters", param="adapters"
+            )
+        scale = _adapter_scales(settings).get(requested, 1.0)
+        return requested, {**fields, "adapters": [{"name": requested, "scale": scale}]}
+    raise ModelNotFoundError(f"the model {requested!r} does not exist; this server serves {eng.name!r}")
+
+
+def _adapter_scales(settings: ServerSettings) -> dict[str, float]:
+    return {name: parse_adapter_spec(f"{name}={rest}").scale for name, rest in settings.adapter.items()}
+
+
+# -- bridging the engine's blocking stream to asyncio ---------------------------------------------
+_END = object()
+
+
+async def _aiter_chunks(stream: ChatStream) -> AsyncIterator[Chunk]:
+    """Chunks of ``stream`` without blocking the event loop: one pump thread per stream."""
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[Any] = asyncio.Queue()
+
+    def put(item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(inbox.put_nowait, item)
+        except RuntimeError:  # the loop is gone (shutdown): nobody is listening
+            stream.cancel()
+
+    def pump() -> None:
+        end: Any = _END
+        try:
+            for chunk in stream:
+                put(chunk)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            end = exc
+        put(end)
+
+    threading.Thread(target=pump, name="edgereason-http-stream", daemon=True).start()
+    while True:
+        item = await inbox.get()
+        if item is _END:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+async def _collect(stream: ChatStream, request: Request) -> ChatResult | None:
+    """The whole result; None (and the request cancelled) if the client goes away first."""
+
+    async def drain() -> ChatResult:
+        async for _ in _aiter_chunks(stream):
+            pass
+        assert stream.result is not None
+        return stream.result
+
+    task = asyncio.ensure_future(drain())
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                return None
+    finally:
+        if not task.done():
+            stream.cancel()
+            task.cancel()
+
+
+def _sse(body: dict[str, Any]) -> str:
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+async def _stream_events(
+    stream: ChatStream,
+    metrics: Metrics,
+    head: Callable[[], list[str]],
+    piece: Callable[[Chunk], str],
+    tail: Callable[[ChatResult], list[str]],
+) -> AsyncIterator[str]:
+    """SSE lines: ``head``, one ``piece`` per chunk, ``tail``, [DONE]; cancels the request if abandoned."""
+    try:
+        for line in head():
+            yield line
+        try:
+            async for chunk in _aiter_chunks(stream):
+                yield piece(chunk)
+        except Exception as exc:  # failed mid-stream: the status line is already sent
+            yield _sse(error_body(exc)[1])
+            yield "data: [DONE]\n\n"
+            return
+        assert stream.result is not None
+        metrics.count_usage(stream.result.usage)
+        for line in tail(stream.result):
+            yield line
+        yield "data: [DONE]\n\n"
+    finally:
+        if stream.result is None:  # client gone (or server shutting down): free the sequences now
+            stream.cancel()
+
+
+def _sse_chat(
+    stream: ChatStream, n: int, id_: str, created: int, model: str, include_usage: bool, metrics: Metrics
+) -> AsyncIterator[str]:
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+        body: dict[str, Any] = {
+            "id": id_,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": None,
+            "choices": choices,
+            **extra,
+        }
+        if include_usage:
+            body.setdefault("usage", None)
+        return _sse(body)
+
+    def choice(index: int, delta: dict[str, Any], **rest: Any) -> dict[str, Any]:
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": None, **rest}
+
+    def head() -> list[str]:
+        return [chunk([choice(i, {"role": "assistant", "content": ""})]) for i in range(n)]
+
+    def piece(c: Chunk) -> str:
+        key = "reasoning_content" if c.channel == "reasoning" else "content"
+        return chunk([choice(c.index, {key: c.text})])
+
+    def tail(result: ChatResult) -> list[str]:
+        lines = [
+            chunk(
+                [
+                    choice(
+                        c.index,
+                        {},
+                        logprobs=schemas.chat_logprobs(c.logprobs),
+                        finish_reason=schemas.finish_reason(c),
+                    )
+                ],
+                **({"edgereason": schemas.edgereason_report(result)} if c is result.choices[-1] else {}),
+            )
+            for c in result.choices
+        ]
+        if include_usage:
+            lines.append(chunk([], usage=result.usage.to_dict()))
+        return lines
+
+    return _stream_events(stream, metrics, head, piece, tail)
+
+
+def _sse_text(
+    stream: ChatStream, id_: str, created: int, model: str, include_usage: bool, metrics: Metrics
+) -> AsyncIterator[str]:
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+        body: dict[str, Any] = {
+            "id": id_,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "system_fingerprint": None,
+            "choices": choices,
+            **extra,
+        }
+        if include_usage:
+            body.setdefault("usage", None)
+        return _sse(body)
+
+    def piece(c: Chunk) -> str:
+        text, reasoning = (c.text, None) if c.channel == "content" else ("", c.text)
+        return chunk(
+            [
+                {
+                    "index": c.index,
+                    "text": text,
+                    "reasoning_content": reasoning,
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ]
+        )
+
+    def tail(result: ChatResult) -> list[str]:
+        lines = [
+            chunk(
+                [
+                    {
+                        "index": c.index,
+                        "text": "",
+                        "logprobs": schemas.completion_logprobs(c.logprobs),
+                        "finish_reason": schemas.finish_reason(c),
+                    }
+                ],
+                **({"edgereason": schemas.edgereason_report(result)} if c is result.choices[-1] else {}),
+            )
+            for c in result.choices
+        ]
+        if include_usage:
+            lines.append(chunk([], usage=result.usage.to_dict()))
+        return lines
+
+    return _stream_events(stream, metrics, list, piece, tail)
+
+
+# -- auth and request counting -------------------------------------------------------------------------
+class _Gate:
+    """ASGI middleware: the API key check on /v1 (before the body is read) and per-status request counts."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None, metrics: Metrics) -> None:
+        self.app = app
+        self.key = api_key.encode() if api_key else None
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        status = 500
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if self.key is not None and path.startswith("/v1") and not self._authorized(scope):
+                code, body = error_body(
+                    AuthenticationError("invalid or missing API key; send 'Authorization: Bearer <key>'")
+                )
+                await JSONResponse(body, status_code=code, headers={"WWW-Authenticate": "Bearer"})(
+                    scope, receive, counting_send
+                )
+                return
+            if scope["method"] == "POST":
+                scope = _as_json(scope)
+            await self.app(scope, receive, counting_send)
+        finally:
+            if path.startswith("/v1"):
+                self.metrics.count_request(path, status)
+
+    def _authorized(self, scope: Scope) -> bool:
+        assert self.key is not None
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)
+
+
+def _as_json(scope: Scope) -> Scope:
+    """Bodies are JSON whatever the content-type says (curl -d sends form-encoded), as in llama-server."""
+    headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+    return {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+
+
+# -- running it ------------------------------------------------------------------------------------------
+def load_engine(settings: ServerSettings) -> Engine:
+    """The engine the settings describe."""
+    import edgereason as er
+
+    template = None
+    if settings.chat_template is not None:
+        try:
+            template = settings.chat_template.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise EdgeReasonError(
+                f"cannot read chat template {settings.chat_template}: {exc.strerror}"
+            ) from None
+    engine = er.load(
+        settings.model,
+        n_ctx=settings.n_ctx,
+        threads=settings.threads,
+        max_sequences=settings.max_sequences,
+        adapters={spec.name: spec.path for spec in settings.adapter_specs()} or None,
+        chat_template=template,
+        reasoning_format=settings.reasoning_format,
+    )
+    engine.max_queue = settings.max_queue
+    if settings.alias:
+        engine.name = settings.alias
+    return engine
+
+
+def serve(settings: ServerSettings) -> int:
+    """Start the HTTP server at once (/health says 503) and load the model behind it."""
+    import uvicorn
+
+    app = create_app(None, settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+
+    def load() -> None:
+        try:
+            app.state.engine = load_engine(settings)
+            log.info(
+                "model %s loaded; serving on http://%s:%d",
+                app.state.engine.name,
+                settings.host,
+                settings.port,
+            )
+        except Exception as exc:  # noqa: BLE001 - reported by the command after the server stops
+            app.state.load_error = exc
+            server.should_exit = True
+
+    loader = threading.Thread(target=load, name="edgereason-load", daemon=True)
+    loader.start()
+    try:
+        server.run()
+    finally:
+        loader.join()
+        if app.state.engine is not None:
+            app.state.engine.close()
+    if isinstance(app.state.load_error, BaseException):
+        raise app.state.load_error
+    return 0

@@ -1,0 +1,249 @@
+"""Request and response shapes of the OpenAI-compatible endpoints.
+
+Requests name the OpenAI fields with their types (for validation and the OpenAPI schema) and
+allow extra fields: those are EdgeReason's options (``thinking``, ``thinking_budget``, ...), passed
+to ``GenerationOptions`` by name so new options need no server change.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import InvalidRequestError
+from ..result import ChatResult, Choice, TokenLogprob
+
+# OpenAI fields a client may send that do not change generation here.
+IGNORED_FIELDS = frozenset({"user", "store", "metadata", "service_tier", "parallel_tool_calls", "modalities"})
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+    reasoning_content: str | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class _SamplingRequest(BaseModel):
+    """Fields chat and text completions share."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+    def option_fields(self) -> dict[str, Any]:
+        """The fields for ``GenerationOptions``: OpenAI ones renamed, extras passed through by name."""
+        out: dict[str, Any] = {}
+        for name in (
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "n",
+            "stop",
+            "seed",
+            "presence_penalty",
+            "frequency_penalty",
+        ):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        for name, value in (self.model_extra or {}).items():
+            if name not in IGNORED_FIELDS:
+                out[name] = value
+        return out
+
+
+class LoadLoraAdapterRequest(BaseModel):
+    """vLLM's ``POST /v1/load_lora_adapter`` body; the path is resolved inside --adapter-dir."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lora_name: str = Field(min_length=1, max_length=128)
+    lora_path: str = Field(min_length=1, max_length=4096)
+
+
+class UnloadLoraAdapterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lora_name: str = Field(min_length=1, max_length=128)
+    lora_int_id: int | None = None  # vLLM clients may send it; unused
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    reasoning_effort: str | None = None
+
+    def option_fields(self) -> dict[str, Any]:
+        out = super().option_fields()
+        if self.max_completion_tokens is not None:
+            out["max_tokens"] = self.max_completion_tokens
+        if self.logprobs:
+            out["logprobs"] = True
+        if self.top_logprobs is not None:
+            if not self.logprobs and self.top_logprobs:
+                raise InvalidRequestError("top_logprobs needs logprobs: true", param="top_logprobs")
+            out["top_logprobs"] = self.top_logprobs
+        if self.reasoning_effort is not None:  # an option of GenerationOptions once the budget work lands
+            out["reasoning_effort"] = self.reasoning_effort
+        return out
+
+    def message_dicts(self) -> list[dict[str, Any]]:
+        return [m.model_dump(exclude_none=True) for m in self.messages]
+
+
+class CompletionRequest(_SamplingRequest):
+    prompt: str | list[str]
+    logprobs: int | None = Field(default=None, description="top alternatives per token (0-5)")
+    echo: bool = False
+    best_of: int | None = None
+    suffix: str | None = None
+
+    def prompt_text(self) -> str:
+        if isinstance(self.prompt, list):
+            if len(self.prompt) != 1:
+                raise InvalidRequestError("prompt: give one prompt per request", param="prompt")
+            return self.prompt[0]
+        return self.prompt
+
+    def option_fields(self) -> dict[str, Any]:
+        if self.echo:
+            raise InvalidRequestError("echo is not supported", param="echo")
+        if self.suffix:
+            raise InvalidRequestError("suffix is not supported", param="suffix")
+        if self.best_of is not None and self.best_of != (self.n or 1):
+            raise InvalidRequestError("best_of is not supported; use n", param="best_of")
+        out = super().option_fields()
+        if self.logprobs is not None:
+            out["logprobs"] = True
+            out["top_logprobs"] = self.logprobs
+        return out
+
+
+# -- responses --------------------------------------------------------------------------------------
+FinishReason = Literal["stop", "length"]
+
+
+def finish_reason(choice: Choice) -> FinishReason:
+    return "length" if choice.finish_reason == "length" else "stop"
+
+
+def edgereason_report(result: ChatResult) -> dict[str, Any]:
+    """The ``edgereason`` object: per-choice reasoning facts and any strategy reports."""
+    c = result.choices[0]
+    return {
+        "thinking_stopped_by": c.thinking_stopped_by,
+        "answer": c.answer,
+        "choices": [
+            {
+                "index": x.index,
+                "thinking_stopped_by": x.thinking_stopped_by,
+                "answer": x.answer,
+                "reasoning_tokens": x.reasoning_tokens,
+                "completion_tokens": x.completion_tokens,
+                "finish_reason": x.finish_reason,
+                **x.extra,
+            }
+            for x in result.choices
+        ],
+        **result.extra,
+    }
+
+
+def _token_entry(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+
+def chat_logprobs(logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None:
+    if logprobs is None:
+        return None
+    return {
+        "content": [
+            {**_token_entry(t.token, t.logprob), "top_logprobs": [_token_entry(s, v) for s, v in t.top]}
+            for t in logprobs
+        ]
+    }
+
+
+def completion_logprobs(logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None:
+    if logprobs is None:
+        return None
+    offsets, pos = [], 0
+    for t in logprobs:
+        offsets.append(pos)
+        pos += len(t.token)
+    return {
+        "tokens": [t.token for t in logprobs],
+        "token_logprobs": [t.logprob for t in logprobs],
+        "top_logprobs": [dict(t.top) for t in logprobs],
+        "text_offset": offsets,
+    }
+
+
+def chat_completion(result: ChatResult, *, id_: str, created: int, model: str) -> dict[str, Any]:
+    return {
+        "id": id_,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": c.index,
+                "message": {
+                    "role": "assistant",
+                    "content": c.content,
+                    "reasoning_content": c.reasoning or None,
+                },
+                "logprobs": chat_logprobs(c.logprobs),
+                "finish_reason": finish_reason(c),
+            }
+            for c in result.choices
+        ],
+        "usage": result.usage.to_dict(),
+        "edgereason": edgereason_report(result),
+        # Strategy reports (self_consistency, lorid) also stand at the top level, as their issues define.
+        **result.extra,
+    }
+
+
+def text_completion(result: ChatResult, *, id_: str, created: int, model: str) -> dict[str, Any]:
+    return {
+        "id": id_,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": c.index,
+                "text": c.content,
+                "reasoning_content": c.reasoning or None,
+                "logprobs": completion_logprobs(c.logprobs),
+                "finish_reason": finish_reason(c),
+            }
+            for c in result.choices
+        ],
+        "usage": result.usage.to_dict(),
+        "edgereason": edgereason_report(result),
+    }

@@ -1,0 +1,173 @@
+"""One settings schema for the server: command-line flags, ``EDGEREASON_*`` env vars and a config file.
+
+Precedence: flags > environment > config file (JSON or TOML) > defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from ..adapters import AdapterSpec, parse_adapter_spec, scan_adapter_dir
+from ..errors import EdgeReasonError, InvalidRequestError
+
+ENV_PREFIX = "EDGEREASON_"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+class ServerSettings(BaseSettings):
+    """Everything ``edgereason serve`` can be told."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    config_file: Path | None = Field(default=None, description="JSON or TOML file with these settings")
+    model: str | None = Field(
+        default=None,
+        description="GGUF path, 'default' (embedded SmolLM2), or a name in $EDGEREASON_MODELS_DIR",
+    )
+    alias: str | None = Field(default=None, description="model name clients use (default: the model's own)")
+    host: str = Field(default=DEFAULT_HOST, description="address to bind (loopback by default)")
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535, description="port to bind")
+    api_key: str | None = Field(
+        default=None, description="require 'Authorization: Bearer KEY' on /v1 endpoints"
+    )
+    n_ctx: int | None = Field(default=None, ge=16, description="context tokens per sequence")
+    max_sequences: int | None = Field(
+        default=None, ge=1, description="sequences decoded together (all requests)"
+    )
+    max_queue: int = Field(
+        default=64, ge=1, description="requests allowed to wait; beyond it clients get 429"
+    )
+    threads: int | None = Field(default=None, ge=1, description="CPU threads (default: all cores)")
+    chat_template: Path | None = Field(default=None, description="a jinja chat template file to use instead")
+    reasoning_format: str | None = Field(
+        default=None, description="deepseek-r1 | qwen3 | none (default: detect)"
+    )
+    adapter: dict[str, str] = Field(
+        default_factory=dict, description="LoRA adapter NAME=PATH[:SCALE] (repeatable)"
+    )
+    adapter_dir: Path | None = Field(
+        default=None,
+        description="load every LoRA *.gguf in DIR (named by stem); enables /v1/load_lora_adapter from DIR",
+    )
+    retry_after: int = Field(
+        default=1, ge=0, description="seconds suggested in Retry-After when the queue is full"
+    )
+
+    @field_validator("adapter", mode="before")
+    @classmethod
+    def _adapter_pairs(cls, v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            v = dict(_pair(x) for x in v)
+        if isinstance(v, dict):
+            for name, rest in v.items():
+                try:
+                    parse_adapter_spec(f"{name}={rest}")
+                except InvalidRequestError as exc:
+                    raise ValueError(str(exc)) from None
+        return v
+
+    def adapter_specs(self) -> list[AdapterSpec]:
+        """--adapter-dir's adapters, then --adapter ones (which win on a shared name)."""
+        specs = {s.name: s for s in scan_adapter_dir(self.adapter_dir)} if self.adapter_dir else {}
+        for name, rest in self.adapter.items():
+            specs[name] = parse_adapter_spec(f"{name}={rest}")
+        return list(specs.values())
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _ConfigFileSource(settings_cls, init_settings)
+
+
+def _pair(text: Any) -> tuple[str, str]:
+    if not isinstance(text, str) or "=" not in text:
+        raise ValueError(f"expected NAME=PATH, got {text!r}")
+    name, _, path = text.partition("=")
+    return name, path
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Values from the file named by ``config_file`` (flag) or ``EDGEREASON_CONFIG_FILE``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._init = init_settings
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = self._init().get("config_file") or os.environ.get(f"{ENV_PREFIX}CONFIG_FILE")
+        if not path:
+            return {}
+        return read_config_file(Path(path))
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise EdgeReasonError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = _parse_toml(text) if path.suffix == ".toml" else json.loads(text)
+    except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise EdgeReasonError(
+            f"config file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}"
+        ) from None
+    if not isinstance(data, dict):
+        raise EdgeReasonError(f"config file {path} must hold an object of settings")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _parse_toml(text: str) -> Any:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        raise EdgeReasonError("TOML config files need Python 3.11+; use a JSON file") from None
+    return tomllib.loads(text)
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per settings field; unset flags stay None so env and config file apply."""
+    for name, info in ServerSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "adapter":
+            parser.add_argument(
+                flag, action="append", default=None, metavar="NAME=PATH[:SCALE]", help=info.description
+            )
+            continue
+        kind = _scalar_type(info.annotation)
+        parser.add_argument(flag, type=kind, default=None, help=info.description)
+
+
+def _scalar_type(annotation: Any) -> Any:
+    for kind in (int, Path):
+        if annotation is kind or kind in getattr(annotation, "__args__", ()):
+            return kind if kind is int else str
+    return str
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """Settings from parsed flags (only the ones given), the environment and the config file."""
+    given = {k: getattr(args, k) for k in ServerSettings.model_fields if getattr(args, k, None) is not None}
+    try:
+        return ServerSettings(**given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        raise EdgeReasonError(f"invalid setting {loc}: {first.get('msg')}") from None

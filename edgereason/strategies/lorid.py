@@ -1,0 +1,205 @@
+"""LoRID (arXiv 2508.13037): three LoRA adapters on one base reason until two views agree.
+
+Each iteration runs the intuitive reasoner (IR, answers directly) and, concurrently, the knowledge
+generator (KG) followed by the deep reasoner (DR, reasons from the question plus KG's knowledge). Every
+iteration adds IR's answer and DR's answer to two sets; the loop stops at the first iteration where the
+sets intersect. The paper scores no agreement as wrong; here the majority over all answers is returned
+with ``agreed: false``. IR and KG/DR are separate sequences with their own adapter sets, so the
+scheduler decodes them in the same step, each group under its own adapters.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..answers import answer_key
+from ..job import Job, PreparedPrompt
+from ..options import GenerationOptions, LoridOptions
+from ..result import ChatResult, Choice, Usage
+from ..signals import final_answer
+from .generate import ChoiceDecoder, sampling_for
+
+if TYPE_CHECKING:
+    from ..scheduler import Scheduler
+
+Role = Literal["ir", "kg", "dr"]
+# (role, user text) -> the prompt tokens; the engine renders the chat template.
+PromptMaker = Callable[[Role, str], PreparedPrompt]
+
+
+def role_text(role: Role, instruction: str, question: str, knowledge: str = "") -> str:
+    """The user turn of one role: the instruction, the question and (for DR) KG's knowledge."""
+    if role == "dr":
+        return f"{instruction}\n\nQuestion: {question}\n\nKnowledge: {knowledge.strip()}"
+    return f"{instruction}\n\nQuestion: {question}"
+
+
+@dataclass
+class Iteration:
+    ir: ChoiceDecoder | None = None
+    kg: ChoiceDecoder | None = None
+    dr: ChoiceDecoder | None = None
+    ir_answer: str | None = None
+    dr_answer: str | None = None
+    knowledge: str = ""
+    shown: dict[str, str] = field(default_factory=dict)  # answer key -> normalised text
+
+
+class _RoleDecoder(ChoiceDecoder):
+    """A role's sequence; a full context ends it like any other finish (the loop goes on)."""
+
+    def on_context_full(self, seq: Any) -> None:
+        super().on_context_full(seq)
+        self.job_choice_done()
+
+
+class LoridJob(Job):
+    """The LoRID loop as a job: two sequences at a time (IR and KG→DR)."""
+
+    slots_needed = 2
+
+    def __init__(
+        self,
+        question: str,
+        make_prompt: PromptMaker,
+        opts: GenerationOptions,
+        lorid: LoridOptions,
+        *,
+        model: str = "",
+    ) -> None:
+        super().__init__()
+        self.question, self.make_prompt, self.opts, self.lorid, self.model = (
+            question,
+            make_prompt,
+            opts,
+            lorid,
+            model,
+        )
+        self.adapters_used = frozenset(lorid.roles.values())
+        self.iterations: list[Iteration] = []
+        self.prompt_tokens = 0
+        self.shown: dict[str, str] = {}  # answer key -> its normalised text, first seen
+
+    # -- engine thread -------------------------------------------------------------------------------
+    def start(self, sched: Scheduler) -> None:
+        self.sched = sched
+        self._next_iteration()
+
+    def _next_iteration(self) -> None:
+        it = Iteration()
+        self.iterations.append(it)
+        it.ir = self._spawn("ir", role_text("ir", self.lorid.prompts["ir"], self.question))
+        it.kg = self._spawn("kg", role_text("kg", self.lorid.prompts["kg"], self.question))
+
+    def _spawn(self, role: Role, text: str) -> ChoiceDecoder:
+        prompt = self.make_prompt(role, text)
+        self.prompt_tokens += len(prompt.tokens)
+        d = _RoleDecoder(self, self.sched, prompt, self.opts, index=0, stream=False)
+        offset = 3 * (len(self.iterations) - 1) + ("ir", "kg", "dr").index(role)
+        sampling = sampling_for(self.opts, offset, temperature=self.lorid.temperature, top_p=self.lorid.top_p)
+        adapters = ((self.lorid.roles[role], 1.0),)
+        d.attach(self.sched.spawn(d, prompt.tokens, sampling, adapters=adapters))
+        return d
+
+    def on_choice_done(self, decoder: ChoiceDecoder) -> None:
+        if self.done:
+            return
+        it = self.iterations[-1]
+        if decoder is it.kg:
+            it.knowledge = _output_text(decoder)
+            it.dr = self._spawn("dr", role_text("dr", self.lorid.prompts["dr"], self.question, it.knowledge))
+            return
+        if it.ir is None or it.dr is None or not (it.ir.finished and it.dr.finished):
+            return
+        it.ir_answer = self._answer(it.ir)
+        it.dr_answer = self._answer(it.dr)
+        ir_set = {a for i in self.iterations if (a := i.ir_answer) is not None}
+        dr_set = {a for i in self.iterations if (a := i.dr_answer) is not None}
+        common = ir_set & dr_set
+        if common:
+            # Prefer an answer this iteration produced (it caused the agreement).
+            pick = next((a for a in (it.dr_answer, it.ir_answer) if a in common), min(common))
+            self._finish(pick, agreed=True)
+        elif len(self.iterations) >= self.lorid.max_iterations:
+            votes = Counter(a for i in self.iterations for a in (i.ir_answer, i.dr_answer) if a is not None)
+            self._finish(votes.most_common(1)[0][0] if votes else None, agreed=False)
+        else:
+            self._next_iteration()
+
+    def _answer(self, d: ChoiceDecoder) -> str | None:
+        found = final_answer("".join(d.content), "".join(d.reasoning), self.lorid.answer_format)
+        if found is None:
+            return None
+        key = answer_key(found)
+        self.shown.setdefault(key, found.normalized)
+        return key
+
+    def on_token(self, *args: Any) -> None:  # pragma: no cover - decoders own the sequences
+        pass
+
+    def on_ready(self, *args: Any) -> None:  # pragma: no cover
+        pass
+
+    def on_context_full(self, *args: Any) -> None:  # pragma: no cover
+        pass
+
+    def abort(self, sched: Scheduler) -> None:
+        for it in self.iterations:
+            for d in (it.ir, it.kg, it.dr):
+                if d is not None and d.seq is not None and d.seq.live:
+                    d._finalize(d.seq, "cancelled")
+                    sched.finish(d.seq)
+        self._finish(None, agreed=False)
+
+    def _finish(self, key: str | None, *, agreed: bool) -> None:
+        if self.done:
+            return
+        # The reported output: DR's (else IR's) text from the latest iteration that gave this answer.
+        source: ChoiceDecoder | None = None
+        knowledge = ""
+        for it in reversed(self.iterations):
+            if key is not None and it.dr_answer == key:
+                source, knowledge = it.dr, it.knowledge
+            elif key is not None and it.ir_answer == key:
+                source = it.ir
+            if source is not None:
+                break
+        if source is None and self.iterations:
+            last = self.iterations[-1]
+            source = last.dr or last.ir
+            knowledge = last.knowledge
+        answer = self.shown.get(key) if key is not None else None
+        decoders = [d for it in self.iterations for d in (it.ir, it.kg, it.dr) if d is not None]
+        base = source.to_choice() if source is not None else None
+        choice = Choice(
+            index=0,
+            content=base.content if base else "",
+            reasoning=base.reasoning if base else "",
+            finish_reason=base.finish_reason if base else "cancelled",
+            completion_tokens=sum(d.completion_tokens for d in decoders),
+            reasoning_tokens=sum(d.reasoning_tokens for d in decoders),
+            answer=answer,
+        )
+        report = {
+            "iterations": len(self.iterations),
+            "ir_answers": [self.shown.get(i.ir_answer) if i.ir_answer else None for i in self.iterations],
+            "dr_answers": [self.shown.get(i.dr_answer) if i.dr_answer else None for i in self.iterations],
+            "agreed": agreed,
+            "answer": answer,
+            "knowledge": knowledge,
+        }
+        usage = Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=choice.completion_tokens,
+            reasoning_tokens=choice.reasoning_tokens,
+        )
+        self.complete(ChatResult(choices=[choice], usage=usage, model=self.model, extra={"lorid": report}))
+
+
+def _output_text(d: ChoiceDecoder) -> str:
+    """What a decoder wrote: its answer channel, else its reasoning (a student that only thinks)."""
+    content = "".join(d.content)
+    return content if content.strip() else "".join(d.reasoning)

@@ -1,0 +1,281 @@
+"""Self-consistency in the engine: sample reasoning paths in one batch and vote on their answers.
+
+The prompt is prefilled once into a holder sequence that lives as long as the job; samples are
+forked from it as parallel sequences (up to ``width`` at a time, a new fork whenever one finishes).
+Answers are extracted as samples finish and the stopping rule is applied in finish order; when it
+fires (or the time budget runs out) the samples still decoding are cancelled and freed at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..answers import answer_key
+from ..backends.base import TopLogprobs
+from ..errors import InvalidRequestError
+from ..job import Job, PreparedPrompt
+from ..options import GenerationOptions, SelfConsistencyOptions
+from ..result import ChatResult, Choice, Chunk, FinishReason, Usage
+from ..signals import final_answer
+from .generate import ChoiceDecoder, sampling_for
+from .voting import Vote, make_stopping_rule, tally, token_confidence, trace_confidence
+
+if TYPE_CHECKING:
+    from ..scheduler import Scheduler, Seq
+
+DEFAULT_CONFIDENCE_TOP_K = 20  # DeepConf's k
+DEFAULT_CONFIDENCE_WINDOW = 64  # DeepConf uses 2048 tokens; our students write short traces
+MISMATCH_WEIGHT = 0.5  # a sample whose reasoning disagrees with its answer, under mismatch="downweight"
+
+
+class SampleDecoder(ChoiceDecoder):
+    """A vote sample: a ChoiceDecoder that also records DeepConf token confidences."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.token_confs: list[float] = []
+
+    def on_token(self, seq: Seq, token: int, text: str, logprobs: TopLogprobs | None) -> None:
+        if logprobs is not None and logprobs.top:
+            self.token_confs.append(token_confidence([lp for _, lp in logprobs.top]))
+        super().on_token(seq, token, text, logprobs)
+        job = self.job
+        if not self.finished and isinstance(job, SelfConsistencyJob):
+            job.check_deadline()
+
+    def on_context_full(self, seq: Seq) -> None:
+        super().on_context_full(seq)
+        job = self.job
+        if isinstance(job, SelfConsistencyJob):
+            job.on_sample_context_full(self)
+
+
+@dataclass
+class SampleReport:
+    """What the vote keeps of one finished sample."""
+
+    index: int
+    answer: str | None  # the vote key; None = abstention
+    tokens: int
+    confidence: float
+    finish_reason: str
+    answer_confidence: float | None
+    think_answer_mismatch: bool | None
+    choice: Choice
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "answer": self.answer,
+            "tokens": self.tokens,
+            "confidence": round(self.confidence, 4),
+            "finish_reason": self.finish_reason,
+            "answer_confidence": self.answer_confidence,
+            "think_answer_mismatch": self.think_answer_mismatch,
+            "reasoning": self.choice.reasoning,
+        }
+
+
+class SelfConsistencyJob(Job):
+    """``self_consistency.samples`` samples of one prompt, voted; one choice comes back."""
+
+    def __init__(
+        self, prompt: PreparedPrompt, opts: GenerationOptions, model: str = "", max_sequences: int = 2
+    ) -> None:
+        super().__init__()
+        assert opts.self_consistency is not None
+        if opts.n != 1:
+            raise InvalidRequestError("self_consistency returns one voted answer; leave n at 1", param="n")
+        self.prompt, self.opts, self.model = prompt, opts, model
+        self.sc: SelfConsistencyOptions = opts.self_consistency
+        self.rule = make_stopping_rule(self.sc.adaptive, self.sc.threshold, self.sc.window)
+        # One slot holds the prompt; the samples share the rest, a new one forked as each finishes.
+        # Under the "auto" thinking budget each sample may fork an early-exit probe beside it.
+        per_sample = 2 if opts.effective_thinking_budget == "auto" else 1
+        self.width = max(1, min(self.sc.samples, (max_sequences - 1) // per_sample))
+        self.slots_needed = self.width * per_sample + 1
+        self.running: list[SampleDecoder] = []
+        self.finished: list[SampleReport] = []  # in finish order
+        self.cancelled: list[SampleDecoder] = []
+        self.launched = 0
+        self.root: Seq | None = None
+        self.deadline: float | None = None
+        self.stop_rule: str | None = None  # what ended sampling early
+        self._no_more = False
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self, sched: Scheduler) -> None:
+        self.sched = sched
+        if self.sc.time_budget_s is not None:
+            self.deadline = time.monotonic() + self.sc.time_budget_s
+        if self.opts.max_tokens == 0:
+            self._complete()
+            return
+        self.root = sched.spawn(self, self.prompt.tokens[:-1], None)
+        if not self.root.pending:
+            self.on_ready(self.root)
+
+    def on_ready(self, seq: Seq) -> None:
+        self._launch()
+
+    def on_token(
+        self, seq: Seq, token: int, text: str, logprobs: TopLogprobs | None
+    ) -> None:  # pragma: no cover
+        pass
+
+    def on_context_full(self, seq: Seq) -> None:  # the shared prompt no longer fits beside other requests
+        self.root = None
+        self._stop("context_full")
+
+    def abort(self, sched: Scheduler) -> None:
+        self._stop("cancelled")
+
+    # -- samples -----------------------------------------------------------------------------------
+    def _launch(self) -> None:
+        root = self.root
+        if root is None or self.done:
+            return
+        while (
+            not self._no_more
+            and len(self.running) < self.width
+            and self.launched < self.sc.samples
+            and self.sched.free_slots > 0
+        ):
+            i = self.launched
+            d = SampleDecoder(self, self.sched, self.prompt, self.opts, index=i, stream=False)
+            sampling = sampling_for(self.opts, i, temperature=self.sc.temperature, top_p=self.sc.top_p)
+            d.seq = self.sched.fork(
+                root, d, sampling, pending=[self.prompt.tokens[-1]], top_logprobs=DEFAULT_CONFIDENCE_TOP_K
+            )
+            self.running.append(d)
+            self.launched += 1
+        if not self.running:  # nothing left to wait for (all launched, or no slot to launch into)
+            self._complete()
+
+    def on_choice_done(self, decoder: ChoiceDecoder) -> None:
+        if self.done or not isinstance(decoder, SampleDecoder) or decoder not in self.running:
+            return
+        self.running.remove(decoder)
+        self.finished.append(self._report(decoder))
+        if self.rule.should_stop([r.answer for r in self.finished], self.sc.samples):
+            if len(self.finished) < self.sc.samples:
+                self._stop(self.rule.name)
+            else:
+                self._complete()
+            return
+        if self._past_deadline():
+            self._stop("time_budget")
+            return
+        self._launch()
+
+    def on_sample_context_full(self, decoder: SampleDecoder) -> None:
+        # Memory is short: vote with what finishes instead of forking more into a full context.
+        self._no_more = True
+        self.on_choice_done(decoder)
+
+    def check_deadline(self) -> None:
+        if not self.done and self._past_deadline():
+            self._stop("time_budget")
+
+    def _past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def _report(self, d: SampleDecoder) -> SampleReport:
+        choice = d.to_choice()
+        signals = d.answer_signals(self.sc.answer_format)
+        found = final_answer(choice.content, choice.reasoning, self.sc.answer_format)
+        mismatch = signals["think_answer_mismatch"]
+        key = answer_key(found) if found is not None else None
+        if mismatch is True and self.sc.mismatch == "drop":
+            key = None
+        return SampleReport(
+            index=d.index,
+            answer=key,
+            tokens=d.completion_tokens,
+            confidence=trace_confidence(d.token_confs, DEFAULT_CONFIDENCE_WINDOW),
+            finish_reason=choice.finish_reason,
+            answer_confidence=signals["answer_confidence"],  # type: ignore[arg-type]
+            think_answer_mismatch=mismatch,  # type: ignore[arg-type]
+            choice=choice,
+        )
+
+    def _stop(self, why: str) -> None:
+        """Cancel and free every sequence still decoding, then vote over the finished samples."""
+        if self.done:
+            return
+        self.stop_rule = why
+        for d in self.running:
+            if d.seq is not None and d.seq.live:
+                d._finalize(d.seq, "cancelled")
+                self.sched.finish(d.seq)
+            self.cancelled.append(d)
+        self.running = []
+        self._complete()
+
+    # -- the vote ----------------------------------------------------------------------------------
+    def _complete(self) -> None:
+        if self.done:
+            return
+        if self.root is not None and self.root.live:
+            self.sched.finish(self.root)
+        self.root = None
+        weighted = self.sc.strategy == "weighted" or self.sc.mismatch == "downweight"
+        votes = []
+        for r in self.finished:
+            weight = r.confidence if self.sc.strategy == "weighted" else 1.0
+            if r.think_answer_mismatch is True and self.sc.mismatch == "downweight":
+                weight *= MISMATCH_WEIGHT
+            votes.append(Vote(answer=r.answer, weight=weight, confidence=r.confidence, index=r.index))
+        result = tally(votes, "weighted" if weighted else "majority")
+        best = self._representative(result.winner)
+        choice = dataclasses.replace(best, index=0) if best is not None else self._empty_choice()
+        if best is not None:
+            choice.answer = result.winner if result.winner is not None else choice.answer
+        decoders_tokens = [r.choice for r in self.finished] + [d.to_choice() for d in self.cancelled]
+        usage = Usage(
+            prompt_tokens=len(self.prompt.tokens),
+            completion_tokens=sum(c.completion_tokens for c in decoders_tokens),
+            reasoning_tokens=sum(c.reasoning_tokens for c in decoders_tokens),
+        )
+        report = {
+            "answer": result.winner,
+            "votes": {a: (int(v) if not weighted else round(v, 4)) for a, v in result.votes.items()},
+            "samples_used": len(self.finished),
+            "samples_requested": self.sc.samples,
+            "samples_cancelled": len(self.cancelled),
+            "confidence": result.share,
+            "stopped_early": self.stop_rule is not None,
+            "stop_rule": self.stop_rule or self.rule.name,
+            "strategy": self.sc.strategy,
+            "samples": [r.to_dict() for r in self.finished],
+        }
+        # Streaming callers get the representative sample's text as it stands at the end.
+        if choice.reasoning:
+            self.emit(Chunk("reasoning", choice.reasoning))
+        if choice.content:
+            self.emit(Chunk("content", choice.content))
+        self.complete(
+            ChatResult(choices=[choice], usage=usage, model=self.model, extra={"self_consistency": report})
+        )
+
+    def _representative(self, winner: str | None) -> Choice | None:
+        """The winning sample with the highest trace confidence, then the earliest; else any finished one."""
+        pool = [r for r in self.finished if r.answer == winner] if winner is not None else list(self.finished)
+        if not pool:
+            return None
+        return min(pool, key=lambda r: (-r.confidence, r.index)).choice
+
+    def _empty_choice(self) -> Choice:
+        reason: FinishReason = "length" if self.opts.max_tokens == 0 else "cancelled"
+        return Choice(
+            index=0,
+            content="",
+            reasoning="",
+            finish_reason=reason,
+            completion_tokens=0,
+            reasoning_tokens=0,
+            extra={"answer_confidence": None, "think_answer_mismatch": None},
+        )
