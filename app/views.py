@@ -87,6 +87,9 @@ def vote_summary_markdown(report: dict[str, Any]) -> str:
         f"**Voted answer:** `{answer}`" if answer is not None else "**No answer won the vote**",
         f"confidence {report['confidence']:.0%} · {used}/{asked} samples used",
     ]
+    abstained = sum(1 for s in report["samples"] if s["answer"] is None)
+    if abstained:
+        lines[-1] += f" · {abstained} abstained (no answer found)"
     if report.get("stopped_early"):
         lines.append(f"stopped early ({report['stop_rule']}), {report.get('samples_cancelled', 0)} cancelled")
     return "  \n".join(lines)

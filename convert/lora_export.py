@@ -52,7 +52,9 @@ def peft_to_gguf(
     """
     peft_dir, base_hf_dir, out = Path(peft_dir), Path(base_hf_dir), Path(out)
     if out.exists() and not force:
-        raise InvalidRequestError(f"{out} already exists; remove it or pass force=True (--force)", param="out")
+        raise InvalidRequestError(
+            f"{out} already exists; remove it or pass force=True (--force)", param="out"
+        )
     check_converter_install()
     try:
         import gguf
@@ -105,7 +107,9 @@ def peft_to_gguf(
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
         writer.add_name(peft_dir.name)
-        writer.add_file_type(gguf.LlamaFileType.ALL_F32 if outtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+        writer.add_file_type(
+            gguf.LlamaFileType.ALL_F32 if outtype == "f32" else gguf.LlamaFileType.MOSTLY_F16
+        )
         for name, a, b in pairs:
             writer.add_tensor(f"{name}.lora_a", np.ascontiguousarray(a))
             writer.add_tensor(f"{name}.lora_b", np.ascontiguousarray(b))
@@ -116,7 +120,9 @@ def peft_to_gguf(
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    logger.info("converted adapter %s (%d modules, r=%d, alpha=%g) to %s", peft_dir, len(pairs), r, alpha, out)
+    logger.info(
+        "converted adapter %s (%d modules, r=%d, alpha=%g) to %s", peft_dir, len(pairs), r, alpha, out
+    )
     return out
 
 
@@ -166,7 +172,9 @@ def _read_adapter_tensors(peft_dir: Path) -> dict[str, NDArray[Any]]:
     out: dict[str, NDArray[Any]] = {}
     for key, value in raw.items():
         if "lora_embedding" in key or "lora_magnitude" in key:
-            raise ModelLoadError(f"{peft_dir}: {key} (embedding/DoRA LoRA) is not supported by llama.cpp adapters")
+            raise ModelLoadError(
+                f"{peft_dir}: {key} (embedding/DoRA LoRA) is not supported by llama.cpp adapters"
+            )
         name = key.removeprefix(_PEFT_PREFIX).replace(".default.", ".")
         out[name] = value.detach().to(torch.float32).numpy()
     return out
@@ -215,7 +223,9 @@ def make_random_peft_adapter(
     except ImportError as exc:
         raise MissingExtraError("building PEFT adapters", "convert") from exc
     model = AutoModelForCausalLM.from_pretrained(base_hf_dir, dtype=torch.float32)
-    cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=0.0, bias="none")
+    cfg = LoraConfig(
+        r=r, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=0.0, bias="none"
+    )
     peft_model = get_peft_model(model, cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -253,8 +263,12 @@ def hf_copy_of_gguf(gguf_path: Path, out_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Convert a PEFT LoRA adapter folder to a llama.cpp LoRA GGUF.")
-    parser.add_argument("adapter", type=Path, help="PEFT folder (adapter_config.json, adapter_model.safetensors)")
+    parser = argparse.ArgumentParser(
+        description="Convert a PEFT LoRA adapter folder to a llama.cpp LoRA GGUF."
+    )
+    parser.add_argument(
+        "adapter", type=Path, help="PEFT folder (adapter_config.json, adapter_model.safetensors)"
+    )
     parser.add_argument("--base", type=Path, required=True, help="the base model's Hugging Face folder")
     parser.add_argument("-o", "--out", type=Path, required=True, help="GGUF file to write")
     parser.add_argument("--outtype", choices=("f32", "f16"), default="f32")

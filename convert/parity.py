@@ -63,7 +63,9 @@ def logits_parity(
     if not token_ids:
         raise InvalidRequestError("token_ids is empty; pass at least one token id", param="token_ids")
     hf_logits, hf_greedy = _hf_logits_and_greedy(Path(hf_dir), token_ids, greedy_tokens, peft_dir)
-    cpp_logits, cpp_greedy = _llama_cpp_logits_and_greedy(Path(gguf), token_ids, greedy_tokens, threads, adapter)
+    cpp_logits, cpp_greedy = _llama_cpp_logits_and_greedy(
+        Path(gguf), token_ids, greedy_tokens, threads, adapter
+    )
     if hf_logits.shape != cpp_logits.shape:
         raise ModelLoadError(
             f"logit shapes differ: transformers {hf_logits.shape}, llama.cpp {cpp_logits.shape}; "

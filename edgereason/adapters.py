@@ -75,7 +75,11 @@ def resolve_in_dir(directory: Path, requested: str) -> Path:
     candidate = Path(requested) if Path(requested).is_absolute() else root / requested
     resolved = candidate.resolve()
     if not resolved.is_relative_to(root):
-        raise InvalidRequestError(f"lora_path must lie inside the adapter directory {root}", param="lora_path")
+        raise InvalidRequestError(
+            f"lora_path must lie inside the adapter directory {root}", param="lora_path"
+        )
     if not resolved.is_file():
-        raise InvalidRequestError(f"no adapter file {requested!r} in the adapter directory", param="lora_path")
+        raise InvalidRequestError(
+            f"no adapter file {requested!r} in the adapter directory", param="lora_path"
+        )
     return resolved

@@ -143,7 +143,9 @@ class Engine:
     ) -> ChatStream:
         """Like ``chat`` but yields ``Chunk``s (channel "reasoning" | "content") as they are decoded."""
         opts = GenerationOptions.build(options, fields)
-        return self.submit(self.make_job(self.prepare_chat(messages, opts), opts, question=_last_user_text(messages)))
+        return self.submit(
+            self.make_job(self.prepare_chat(messages, opts), opts, question=_last_user_text(messages))
+        )
 
     def complete(self, prompt: str, options: GenerationOptions | None = None, **fields: Any) -> ChatResult:
         """Continue a raw prompt (no chat template)."""
@@ -155,7 +157,9 @@ class Engine:
         opts = GenerationOptions.build(options, fields)
         return self.submit(self.make_job(self.prepare_completion(prompt), opts, question=prompt))
 
-    def make_job(self, prompt: PreparedPrompt, opts: GenerationOptions, *, question: str | None = None) -> Job:
+    def make_job(
+        self, prompt: PreparedPrompt, opts: GenerationOptions, *, question: str | None = None
+    ) -> Job:
         """The strategy that serves ``opts``; ``question`` is the user's text (LoRID re-prompts each role)."""
         adapters = self.resolve_adapters(opts)
         if opts.uses_lorid:
@@ -164,7 +168,9 @@ class Engine:
             lorid = opts.lorid or LoridOptions()
             self.require_adapters(lorid.roles.values())
             if adapters:
-                raise InvalidRequestError("LoRID picks adapters by role; drop adapter/adapters", param="adapters")
+                raise InvalidRequestError(
+                    "LoRID picks adapters by role; drop adapter/adapters", param="adapters"
+                )
 
             def make_prompt(role: str, text: str) -> PreparedPrompt:
                 return self.prepare_chat([{"role": "user", "content": text}], opts)
@@ -231,7 +237,9 @@ class Engine:
 
         def run() -> None:
             if name in self._adapter_names:
-                raise InvalidRequestError(f"adapter {name!r} is already loaded; unload it first", param="lora_name")
+                raise InvalidRequestError(
+                    f"adapter {name!r} is already loaded; unload it first", param="lora_name"
+                )
             self.backend.load_adapter(name, path)  # type: ignore[attr-defined]
             self._adapter_names = self._adapter_names | {name}
 
@@ -355,7 +363,9 @@ class Engine:
             job = self._waiting.popleft()
             missing = sorted(job.adapters_used - self._adapter_names)
             if missing:  # unloaded while the request waited
-                job.fail(UnknownAdapterError(f"adapter {missing[0]!r} was unloaded before this request started"))
+                job.fail(
+                    UnknownAdapterError(f"adapter {missing[0]!r} was unloaded before this request started")
+                )
                 continue
             try:
                 job.start(self.scheduler)

@@ -36,17 +36,28 @@ class SelfConsistencyOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    samples: int = Field(default=8, ge=1, le=DEFAULT_MAX_SAMPLES, description="samples (the most, when adaptive or timed)")
+    samples: int = Field(
+        default=8, ge=1, le=DEFAULT_MAX_SAMPLES, description="samples (the most, when adaptive or timed)"
+    )
     temperature: float = Field(default=0.6, ge=0.0, le=5.0)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
-    adaptive: Literal[False, "beta", "esc"] = Field(default=False, description="stopping rule: Beta (Adaptive-Consistency) or ESC windows")
-    threshold: float = Field(default=0.95, gt=0.5, lt=1.0, description="beta: stop once P(leader is the majority) reaches this")
+    adaptive: Literal[False, "beta", "esc"] = Field(
+        default=False, description="stopping rule: Beta (Adaptive-Consistency) or ESC windows"
+    )
+    threshold: float = Field(
+        default=0.95, gt=0.5, lt=1.0, description="beta: stop once P(leader is the majority) reaches this"
+    )
     window: int = Field(default=5, ge=1, le=DEFAULT_MAX_SAMPLES, description="esc: samples per window")
-    strategy: Literal["majority", "weighted"] = Field(default="majority", description="weighted: DeepConf trace confidence")
-    time_budget_s: float | None = Field(default=None, gt=0.0, description="keep sampling until this deadline, then vote")
+    strategy: Literal["majority", "weighted"] = Field(
+        default="majority", description="weighted: DeepConf trace confidence"
+    )
+    time_budget_s: float | None = Field(
+        default=None, gt=0.0, description="keep sampling until this deadline, then vote"
+    )
     answer_format: Literal["auto", "number", "boxed", "choice", "text"] = "auto"
     mismatch: Literal["keep", "drop", "downweight"] = Field(
-        default="keep", description="samples whose reasoning and final answer disagree: vote, abstain, or half a vote"
+        default="keep",
+        description="samples whose reasoning and final answer disagree: vote, abstain, or half a vote",
     )
 
     @field_validator("adaptive", mode="before")
@@ -80,7 +91,9 @@ class LoridOptions(BaseModel):
     roles: dict[str, str] = Field(
         default_factory=lambda: {"ir": "ir", "kg": "kg", "dr": "dr"}, description="role -> adapter name"
     )
-    prompts: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_LORID_PROMPTS), description="role -> instruction")
+    prompts: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_LORID_PROMPTS), description="role -> instruction"
+    )
     max_iterations: int = Field(default=8, ge=1, le=32)
     temperature: float = Field(default=1.0, ge=0.0, le=5.0, description="the paper samples at 1.5")
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)
@@ -103,7 +116,9 @@ class GenerationOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_tokens: int | None = Field(default=None, ge=0, description="cap on generated tokens (reasoning + answer)")
+    max_tokens: int | None = Field(
+        default=None, ge=0, description="cap on generated tokens (reasoning + answer)"
+    )
     temperature: float = Field(default=DEFAULT_TEMPERATURE, ge=0.0, le=5.0)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     top_k: int = Field(default=40, ge=0)
@@ -119,10 +134,16 @@ class GenerationOptions(BaseModel):
     top_logprobs: int = Field(default=0, ge=0, le=20, description="and this many alternatives per token")
     thinking: bool | Literal["auto"] = "auto"
     ignore_eos: bool = Field(default=False, description="keep generating past end-of-generation (benchmarks)")
-    self_consistency: SelfConsistencyOptions | None = Field(default=None, description="an int N or an object: vote over N samples")
+    self_consistency: SelfConsistencyOptions | None = Field(
+        default=None, description="an int N or an object: vote over N samples"
+    )
     adapter: str | None = Field(default=None, min_length=1, description="a loaded LoRA adapter, at scale 1")
-    adapters: tuple[AdapterRef, ...] | None = Field(default=None, max_length=8, description="LoRA adapters with scales")
-    strategy: Literal["generate", "lorid"] | None = Field(default=None, description="'lorid': the multi-LoRA loop")
+    adapters: tuple[AdapterRef, ...] | None = Field(
+        default=None, max_length=8, description="LoRA adapters with scales"
+    )
+    strategy: Literal["generate", "lorid"] | None = Field(
+        default=None, description="'lorid': the multi-LoRA loop"
+    )
     lorid: LoridOptions | None = Field(default=None, description="LoRID settings (implies strategy 'lorid')")
 
     @field_validator("self_consistency", mode="before")
@@ -213,7 +234,9 @@ class GenerationOptions(BaseModel):
 
     @field_validator("adapters")
     @classmethod
-    def _adapters_unique(cls, v: tuple[AdapterRef, ...] | None, info: ValidationInfo) -> tuple[AdapterRef, ...] | None:
+    def _adapters_unique(
+        cls, v: tuple[AdapterRef, ...] | None, info: ValidationInfo
+    ) -> tuple[AdapterRef, ...] | None:
         if v is not None:
             if info.data.get("adapter") is not None:
                 raise ValueError("give either adapter or adapters, not both")
@@ -237,7 +260,9 @@ class GenerationOptions(BaseModel):
         return self.temperature == 0.0
 
     @classmethod
-    def build(cls, base: GenerationOptions | None = None, overrides: Mapping[str, Any] | None = None) -> GenerationOptions:
+    def build(
+        cls, base: GenerationOptions | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> GenerationOptions:
         """Merge ``overrides`` into ``base`` (or the defaults), raising InvalidRequestError on bad values."""
         data = base.model_dump() if base is not None else {}
         data.update(overrides or {})

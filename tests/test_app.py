@@ -37,7 +37,8 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="module")
 def app_engine() -> Iterator[er.Engine]:
-    eng = er.load(n_ctx=1024, max_sequences=8)
+    # One thread: on a shared 2-core machine llama.cpp's spinning workers slow each other ~30x.
+    eng = er.load(n_ctx=1024, max_sequences=8, threads=1)
     yield eng
     eng.close()
 
@@ -198,6 +199,17 @@ def test_browser_chat_thinking_panel_and_vote_chart(app_engine: er.Engine, tmp_p
             page.wait_for_timeout(500)
             page.screenshot(path=str(tmp_path / "2-thinking-open.png"), full_page=True)
 
+            # Stop: the engine cancels the request and the message says so.
+            page.locator("#er-thinking").get_by_text("off", exact=True).click()
+            _set_number(page, "#er-max-tokens", 1000)
+            page.locator("#er-input textarea").fill("Write a long story about a cat.")
+            page.locator("#er-input textarea").press("Enter")
+            page.wait_for_timeout(1500)
+            page.locator("#er-stop").click()
+            chat.get_by_text("stopped by you").first.wait_for(timeout=30_000)
+            assert app_engine.live_sequences == 0
+
+            page.locator("#er-thinking").get_by_text("on", exact=True).click()
             _set_number(page, "#er-samples-slider", 4)
             _set_number(page, "#er-max-tokens", 24)
             page.locator("#er-input textarea").fill("What is 3 + 4?")

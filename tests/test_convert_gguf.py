@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from edgereason.convert import embedded_gguf_path, hf_to_gguf, logits_parity, make_tiny_checkpoint
 from edgereason.convert.tiny import qwen_tokenizer_dir
-
 from edgereason.errors import InvalidRequestError, ModelLoadError
 from edgereason.gguf_meta import read_gguf_info
 

@@ -35,7 +35,9 @@ class Tiny:
     def __init__(self, root: Path, arch: str, n_adapters: int) -> None:
         self.hf = make_tiny_checkpoint(arch, root / "hf")  # type: ignore[arg-type]
         self.gguf = hf_to_gguf(self.hf, root / "base-f32.gguf")
-        self.peft = [make_random_peft_adapter(self.hf, root / f"peft{i}", seed=i + 1) for i in range(n_adapters)]
+        self.peft = [
+            make_random_peft_adapter(self.hf, root / f"peft{i}", seed=i + 1) for i in range(n_adapters)
+        ]
         self.lora = [peft_to_gguf(p, self.hf, root / f"lora{i}.gguf") for i, p in enumerate(self.peft)]
 
 
@@ -83,7 +85,9 @@ def test_adapter_gguf_layout(llama: Tiny) -> None:
 def test_logits_match_transformers_with_peft(arch: str, llama: Tiny, tmp_path: Path) -> None:
     tiny = llama if arch == "llama" else Tiny(tmp_path, arch, 1)
     ids = _prompt_ids(tiny.hf)
-    with_adapter = logits_parity(tiny.hf, tiny.gguf, ids, greedy_tokens=8, peft_dir=tiny.peft[0], adapter=tiny.lora[0])
+    with_adapter = logits_parity(
+        tiny.hf, tiny.gguf, ids, greedy_tokens=8, peft_dir=tiny.peft[0], adapter=tiny.lora[0]
+    )
     assert with_adapter["max_abs_diff"] <= LOGIT_TOLERANCE, with_adapter
     assert with_adapter["greedy_match"]
     without = logits_parity(tiny.hf, tiny.gguf, ids, greedy_tokens=8)
@@ -173,7 +177,12 @@ def test_concurrent_load_while_decoding(engine: er.Engine, llama: Tiny) -> None:
 def test_lorid_end_to_end_on_real_adapters(llama: Tiny) -> None:
     adapters = {"ir": llama.lora[0], "kg": llama.lora[1], "dr": llama.lora[2]}
     with er.load(llama.gguf, adapters=adapters, n_ctx=512, max_sequences=4, threads=2) as eng:
-        res = eng.chat([{"role": "user", "content": "What is 3 + 4?"}], seed=1, max_tokens=16, lorid={"max_iterations": 2})
+        res = eng.chat(
+            [{"role": "user", "content": "What is 3 + 4?"}],
+            seed=1,
+            max_tokens=16,
+            lorid={"max_iterations": 2},
+        )
     report = res.extra["lorid"]
     assert 1 <= report["iterations"] <= 2
     assert len(report["ir_answers"]) == len(report["dr_answers"]) == report["iterations"]
@@ -186,7 +195,9 @@ def test_random_adapter_for_the_embedded_model(tmp_path: Path) -> None:
 
     model = embedded_model_path()
     hf = hf_copy_of_gguf(model, tmp_path / "hf")
-    peft_dir = make_random_peft_adapter(hf, tmp_path / "peft", r=4, target_modules=("q_proj", "v_proj", "o_proj"))
+    peft_dir = make_random_peft_adapter(
+        hf, tmp_path / "peft", r=4, target_modules=("q_proj", "v_proj", "o_proj")
+    )
     lora = peft_to_gguf(peft_dir, hf, tmp_path / "smollm2-lora.gguf")
     question = [{"role": "user", "content": "What is 12 + 7?"}]
     with er.load(model, adapters={"x": lora}, n_ctx=512, max_sequences=4) as eng:
@@ -198,6 +209,7 @@ def test_random_adapter_for_the_embedded_model(tmp_path: Path) -> None:
 
 # -- the server ---------------------------------------------------------------------------------------------
 def test_server_adapters(llama: Tiny, tmp_path: Path) -> None:
+    import contextlib
     import os
 
     import httpx
@@ -214,17 +226,25 @@ def test_server_adapters(llama: Tiny, tmp_path: Path) -> None:
     secret = tmp_path / "outside.gguf"
     secret.write_bytes(llama.lora[1].read_bytes())
     os.symlink(secret, adapter_dir / "link.gguf.bin")
-    flags = ("--model", str(llama.gguf), "--adapter", f"b={llama.lora[1]}:0.5", "--adapter-dir", str(adapter_dir))
-    for server in _start(*flags):
+    flags = (
+        "--model",
+        str(llama.gguf),
+        "--adapter",
+        f"b={llama.lora[1]}:0.5",
+        "--adapter-dir",
+        str(adapter_dir),
+    )
+    with contextlib.contextmanager(_start)(*flags) as server:
         client = server.client()
         models = {m.id: m for m in client.models.list().data}
         assert set(models) >= {"b", "dira"}
         assert models["b"].model_extra is not None and models["b"].model_extra["parent"] != "b"
-        greedy = {"temperature": 0.0, "max_tokens": 12, "extra_body": {"ignore_eos": True}}
 
         def ask(model: str = "default", **extra: object) -> str:
-            body = {**greedy["extra_body"], **extra}  # type: ignore[dict-item]
-            res = client.completions.create(model=model, prompt=PROMPT, temperature=0.0, max_tokens=12, extra_body=body)
+            body = {"ignore_eos": True, **extra}
+            res = client.completions.create(
+                model=model, prompt=PROMPT, temperature=0.0, max_tokens=12, extra_body=body
+            )
             return res.choices[0].text
 
         base = ask()

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 import pytest
 
 import edgereason as er
-from edgereason.backends.base import AdapterSet, BatchItem, Capabilities, ModelInfo, SamplingParams, TopLogprobs
+from edgereason.backends.base import (
+    AdapterSet,
+    BatchItem,
+    Capabilities,
+    ModelInfo,
+    SamplingParams,
+    TopLogprobs,
+)
 from edgereason.errors import InvalidRequestError, UnknownAdapterError
 from edgereason.options import DEFAULT_LORID_PROMPTS, GenerationOptions
 
@@ -111,7 +118,10 @@ def test_agreement_at_first_iteration() -> None:
     assert set(by_role) == set(ROLES)
     assert by_role["ir"].startswith(DEFAULT_LORID_PROMPTS["ir"])
     assert by_role["kg"].startswith(DEFAULT_LORID_PROMPTS["kg"])
-    assert by_role["dr"].startswith(DEFAULT_LORID_PROMPTS["dr"]) and "Knowledge: fact: 3 + 4 = 7" in by_role["dr"]
+    assert (
+        by_role["dr"].startswith(DEFAULT_LORID_PROMPTS["dr"])
+        and "Knowledge: fact: 3 + 4 = 7" in by_role["dr"]
+    )
 
 
 def test_agreement_at_iteration_k_across_iterations() -> None:
@@ -134,7 +144,9 @@ def test_no_agreement_returns_the_majority() -> None:
 def test_custom_roles_and_prompts() -> None:
     backend = LoridBackend({"ir": ["7"], "kg": ["k"], "dr": ["7"]}, adapters=("fast", "kg", "dr"))
     with er.Engine(backend) as engine:  # type: ignore[arg-type]
-        res = engine.complete("3 + 4?", seed=0, lorid={"roles": {"ir": "fast"}, "prompts": {"ir": "Be quick."}})
+        res = engine.complete(
+            "3 + 4?", seed=0, lorid={"roles": {"ir": "fast"}, "prompts": {"ir": "Be quick."}}
+        )
         assert res.extra["lorid"]["agreed"] is True
         assert any(a == (("fast", 1.0),) and text.startswith("Be quick.") for a, text in backend.prompts)
         with pytest.raises(UnknownAdapterError):

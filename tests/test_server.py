@@ -195,7 +195,11 @@ def test_strategy_reports_and_budget_fields(server: Server) -> None:
     c = server.client()
     q = [{"role": "user", "content": "What is 3 + 4?"}]
     r = c.chat.completions.create(
-        model="default", messages=q, max_tokens=12, seed=3, extra_body={"self_consistency": 2}  # type: ignore[arg-type]
+        model="default",
+        messages=q,
+        max_tokens=12,
+        seed=3,
+        extra_body={"self_consistency": 2},  # type: ignore[arg-type]
     )
     sc = (r.model_extra or {})["self_consistency"]
     assert sc["samples_requested"] == 2 and sc["samples_used"] <= 2 and "votes" in sc

@@ -35,7 +35,7 @@ from .base import (
 log = logging.getLogger(__name__)
 
 DEFAULT_N_CTX = 4096  # per sequence
-DEFAULT_MAX_SEQUENCES = 16
+DEFAULT_MAX_SEQUENCES = 8
 DEFAULT_N_BATCH = 512
 # llama.cpp computes wrong attention for some sequences when one ubatch holds >= 32 query tokens of
 # several sequences (ggml-org/llama.cpp#24962; reproduced here with SmolLM2, logits off by up to 0.66).
@@ -342,6 +342,11 @@ class LlamaCppBackend:
 
     # -- adapters ------------------------------------------------------------------------------
     def load_adapter(self, name: str, path: str | Path) -> None:
+        if (Path(path).expanduser() / "adapter_config.json").is_file():
+            raise ModelLoadError(
+                f"{path} is a PEFT adapter folder; convert it to a LoRA GGUF first: "
+                f"python -m edgereason.convert.lora_export {path} --base BASE_HF_DIR -o {name}.gguf"
+            )
         info = read_gguf_info(path)
         if not info.is_adapter:
             raise ModelLoadError(f"{info.path} is not a LoRA adapter GGUF (general.type != adapter)")

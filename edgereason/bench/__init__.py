@@ -20,9 +20,15 @@ def add_bench_parser(sub: Any, add_model_flags: Callable[[argparse.ArgumentParse
     bench.add_argument("--tokens", type=int, default=128, help="tokens generated per sequence")
     bench.add_argument("--sequences", type=int, default=8, help="parallel sequences for the batched runs")
     bench.add_argument("--repeats", type=int, default=3, help="repetitions (the median is reported)")
-    bench.add_argument("--problems", type=int, default=20, help="votes: arithmetic problems for the accuracy runs")
-    bench.add_argument("--answer-tokens", type=int, default=48, help="votes: max tokens per answer in the accuracy runs")
-    bench.add_argument("--out", type=Path, default=Path("bench-results"), help="where to write the JSON results")
+    bench.add_argument(
+        "--problems", type=int, default=20, help="votes: arithmetic problems for the accuracy runs"
+    )
+    bench.add_argument(
+        "--answer-tokens", type=int, default=48, help="votes: max tokens per answer in the accuracy runs"
+    )
+    bench.add_argument(
+        "--out", type=Path, default=Path("bench-results"), help="where to write the JSON results"
+    )
     add_model_flags(bench)
     bench.set_defaults(func=lambda args: run_bench(args))
 

@@ -84,7 +84,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     max_think = getattr(args, "tokens", 256) or 256
     problems = arith_problems(n, seed=0, split="test")
     engine = er.load(
-        str(resolve_model(args.model)), n_ctx=args.n_ctx or 8192, threads=args.threads, max_sequences=16
+        str(resolve_model(args.model)),
+        n_ctx=args.n_ctx or max_think + answer_tokens + 256,
+        threads=args.threads,
+        max_sequences=16,
     )
     try:
         rows = [run_budget(engine, problems, b, answer_tokens, max_think) for b in BUDGETS]

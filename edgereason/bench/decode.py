@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from edgereason.models import resolve_model
 
     path = resolve_model(args.model)
-    n_ctx = args.n_ctx or 4096
+    n_ctx = args.n_ctx or 1024
     threads = args.threads or os.cpu_count() or 1  # the same on both sides
     n_tok, n_seq, reps = args.tokens, args.sequences, args.repeats
 

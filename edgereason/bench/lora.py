@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RANK = 16
 TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-SWITCH_STEPS = 200
-REQUESTS = 12
+SWITCH_STEPS = 30
+REQUESTS = 6
 
 
 def make_random_lora_gguf(base: Path, out: Path, *, rank: int = DEFAULT_RANK, seed: int = 0) -> Path:
@@ -133,8 +133,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # Whole requests through the engine: the same adapter every time vs a different one each request.
         prompt = [{"role": "user", "content": "What is 12 + 7?"}]
-        fields = {"temperature": 0.0, "max_tokens": 16, "ignore_eos": True}
-        with er.load(model, threads=threads, max_sequences=4, n_ctx=512, adapters={f"a{i}": p for i, p in enumerate(paths)}) as eng:
+        fields: dict[str, Any] = {"temperature": 0.0, "max_tokens": 16, "ignore_eos": True}
+        with er.load(
+            model,
+            threads=threads,
+            max_sequences=4,
+            n_ctx=512,
+            adapters={f"a{i}": p for i, p in enumerate(paths)},
+        ) as eng:
 
             def requests(rotate: bool) -> float:
                 t0 = time.perf_counter()

@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from edgereason.models import resolve_model
 
     path = resolve_model(args.model)
-    n_ctx = args.n_ctx or 4096
+    n_ctx = args.n_ctx or 1024
     # The same threads for both (llama-cpp-python defaults to half the cores).
     threads = args.threads or max(1, os.cpu_count() or 1)
     engine = er.load(

@@ -45,7 +45,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="GGUF path, 'default' (embedded SmolLM2), or a name in $EDGEREASON_MODELS_DIR",
     )
-    p.add_argument("--n-ctx", type=int, default=None, help="context tokens shared by all sequences")
+    p.add_argument("--n-ctx", type=int, default=None, help="context tokens per sequence")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument(
         "--chat-template", default=None, help="a jinja chat template file to use instead of the model's"
@@ -85,7 +85,9 @@ def add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-thinking", type=int, default=None, help="reasoning tokens the model must write")
     p.add_argument("--reasoning-effort", choices=["none", "low", "medium", "high"], default=None)
     p.add_argument("--early-exit-threshold", type=float, default=None, help="auto: exit confidence")
-    p.add_argument("--use-adapter", default=None, metavar="NAME", help="generate with this loaded LoRA adapter")
+    p.add_argument(
+        "--use-adapter", default=None, metavar="NAME", help="generate with this loaded LoRA adapter"
+    )
 
 
 _GEN_FIELDS = (
@@ -118,7 +120,9 @@ def _adapter_specs(args: argparse.Namespace) -> list[Any]:
     from ..adapters import parse_adapter_spec
 
     # Only run/chat's NAME=PATH[:SCALE] strings; other commands (the app) load their adapters themselves.
-    return [parse_adapter_spec(text) for text in getattr(args, "adapter", None) or () if isinstance(text, str)]
+    return [
+        parse_adapter_spec(text) for text in getattr(args, "adapter", None) or () if isinstance(text, str)
+    ]
 
 
 def load_engine(args: argparse.Namespace) -> Any:

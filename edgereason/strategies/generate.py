@@ -23,8 +23,13 @@ if TYPE_CHECKING:
     from ..scheduler import Scheduler, Seq
 
 
-def sampling_for(opts: GenerationOptions, seed_offset: int = 0, *, temperature: float | None = None,
-                 top_p: float | None = None) -> SamplingParams:
+def sampling_for(
+    opts: GenerationOptions,
+    seed_offset: int = 0,
+    *,
+    temperature: float | None = None,
+    top_p: float | None = None,
+) -> SamplingParams:
     """The sampler settings of one sequence; choice ``i`` gets seed ``seed + i``."""
     seed = opts.seed if opts.seed is not None else int.from_bytes(os.urandom(4), "little")
     return SamplingParams(
@@ -250,7 +255,9 @@ class GenerateJob(Job):
 
     def start(self, sched: Scheduler) -> None:
         self.sched = sched
-        self.decoders = [ChoiceDecoder(self, sched, self.prompt, self.opts, index=i) for i in range(self.opts.n)]
+        self.decoders = [
+            ChoiceDecoder(self, sched, self.prompt, self.opts, index=i) for i in range(self.opts.n)
+        ]
         if self.opts.max_tokens == 0:
             for d in self.decoders:
                 d.finish_reason = "length"
@@ -259,7 +266,11 @@ class GenerateJob(Job):
         if self.opts.n == 1:
             d = self.decoders[0]
             seq = sched.spawn(
-                d, self.prompt.tokens, sampling_for(self.opts), adapters=self.adapters, top_logprobs=self._want_logprobs()
+                d,
+                self.prompt.tokens,
+                sampling_for(self.opts),
+                adapters=self.adapters,
+                top_logprobs=self._want_logprobs(),
             )
             d.attach(seq)
         else:
@@ -276,7 +287,9 @@ class GenerateJob(Job):
         self.sched.finish(seq)  # forks keep the shared cells alive
         self.root = None
 
-    def on_token(self, seq: Seq, token: int, text: str, logprobs: TopLogprobs | None) -> None:  # pragma: no cover
+    def on_token(
+        self, seq: Seq, token: int, text: str, logprobs: TopLogprobs | None
+    ) -> None:  # pragma: no cover
         pass
 
     def on_context_full(self, seq: Seq) -> None:  # the shared prompt no longer fits beside other requests
