@@ -136,26 +136,43 @@ class Engine:
         self, messages: Sequence[Any], options: GenerationOptions | None = None, **fields: Any
     ) -> ChatResult:
         """Generate a reply to ``messages``; ``fields`` override ``options`` (see GenerationOptions)."""
-        return self.stream(messages, options, **fields).wait()
+        return self._submit_chat(messages, options, fields, emit_chunks=False).wait()
 
     def stream(
         self, messages: Sequence[Any], options: GenerationOptions | None = None, **fields: Any
     ) -> ChatStream:
         """Like ``chat`` but yields ``Chunk``s (channel "reasoning" | "content") as they are decoded."""
+        return self._submit_chat(messages, options, fields, emit_chunks=True)
+
+    def _submit_chat(
+        self,
+        messages: Sequence[Any],
+        options: GenerationOptions | None,
+        fields: dict[str, Any],
+        *,
+        emit_chunks: bool,
+    ) -> ChatStream:
         opts = GenerationOptions.build(options, fields)
-        return self.submit(
-            self.make_job(self.prepare_chat(messages, opts), opts, question=_last_user_text(messages))
-        )
+        job = self.make_job(self.prepare_chat(messages, opts), opts, question=_last_user_text(messages))
+        job.emit_chunks = emit_chunks
+        return self.submit(job)
 
     def complete(self, prompt: str, options: GenerationOptions | None = None, **fields: Any) -> ChatResult:
         """Continue a raw prompt (no chat template)."""
-        return self.stream_completion(prompt, options, **fields).wait()
+        return self._submit_completion(prompt, options, fields, emit_chunks=False).wait()
 
     def stream_completion(
         self, prompt: str, options: GenerationOptions | None = None, **fields: Any
     ) -> ChatStream:
+        return self._submit_completion(prompt, options, fields, emit_chunks=True)
+
+    def _submit_completion(
+        self, prompt: str, options: GenerationOptions | None, fields: dict[str, Any], *, emit_chunks: bool
+    ) -> ChatStream:
         opts = GenerationOptions.build(options, fields)
-        return self.submit(self.make_job(self.prepare_completion(prompt), opts, question=prompt))
+        job = self.make_job(self.prepare_completion(prompt), opts, question=prompt)
+        job.emit_chunks = emit_chunks
+        return self.submit(job)
 
     def make_job(
         self, prompt: PreparedPrompt, opts: GenerationOptions, *, question: str | None = None

@@ -35,6 +35,7 @@ class Job:
     adapters_used: frozenset[str] = frozenset()  # LoRA adapters its sequences decode with
 
     def __init__(self) -> None:
+        self.emit_chunks = True  # False when the caller only wants the result (no per-token queue traffic)
         self.events: queue.Queue[Chunk | _Done | BaseException] = queue.Queue()
         self.cancel_requested = threading.Event()
         self.done = False
@@ -48,7 +49,8 @@ class Job:
         raise NotImplementedError
 
     def emit(self, chunk: Chunk) -> None:
-        self.events.put(chunk)
+        if self.emit_chunks:
+            self.events.put(chunk)
 
     def complete(self, result: ChatResult) -> None:
         self.done = True
