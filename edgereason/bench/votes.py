@@ -3,40 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import random
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 PROMPT = "Question: Tom has 23 apples and buys 19 more. How many apples does he have?\nAnswer: Let's think step by step."
 SAMPLES = 8
 ADAPTIVE_MAX = 16
-
-
-@contextlib.contextmanager
-def _safe_model_params(path: Path) -> Iterator[None]:
-    """Make ``llama_cpp.Llama`` load with extra buffer types only where they run (AMX traps on some VMs)."""
-    import llama_cpp.llama_cpp as lib
-
-    from ..backends.llama_cpp import extra_buffers_usable
-
-    usable = extra_buffers_usable(path)
-    original = lib.llama_model_default_params
-
-    def patched() -> Any:
-        params = original()
-        params.use_extra_bufts = usable
-        return params
-
-    lib.llama_model_default_params = patched
-    try:
-        yield
-    finally:
-        lib.llama_model_default_params = original
 
 
 def arith_problems(n: int, seed: int) -> list[tuple[str, str]]:
@@ -191,10 +167,10 @@ def plot(acc: dict[str, Any], path: Path) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import llama_cpp
-
     import edgereason as er
     from edgereason.models import resolve_model
+
+    from .decode import make_raw_llama
 
     path = resolve_model(args.model)
     n_ctx = args.n_ctx or 1024
@@ -203,15 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     engine = er.load(
         str(path), n_ctx=n_ctx, threads=threads, max_sequences=max(ADAPTIVE_MAX + 1, SAMPLES + 1)
     )
-    with _safe_model_params(path):
-        raw = llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_batch=512,
-            verbose=False,
-        )
+    raw = make_raw_llama(path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=512)
     try:
         batched = bench_batched(engine, raw, args.tokens, args.repeats)
     finally:
