@@ -278,13 +278,13 @@ async def _stream_events(
             stream.cancel()
 
 
-def _sse_chat(
-    stream: ChatStream, n: int, id_: str, created: int, model: str, include_usage: bool, metrics: Metrics
-) -> AsyncIterator[str]:
+def _chunk_maker(object_: str, id_: str, created: int, model: str, include_usage: bool) -> Callable[..., str]:
+    """An SSE line builder for one streamed response (every chunk carries the same envelope)."""
+
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
         body: dict[str, Any] = {
             "id": id_,
-            "object": "chat.completion.chunk",
+            "object": object_,
             "created": created,
             "model": model,
             "system_fingerprint": None,
@@ -294,6 +294,14 @@ def _sse_chat(
         if include_usage:
             body.setdefault("usage", None)
         return _sse(body)
+
+    return chunk
+
+
+def _sse_chat(
+    stream: ChatStream, n: int, id_: str, created: int, model: str, include_usage: bool, metrics: Metrics
+) -> AsyncIterator[str]:
+    chunk = _chunk_maker("chat.completion.chunk", id_, created, model, include_usage)
 
     def choice(index: int, delta: dict[str, Any], **rest: Any) -> dict[str, Any]:
         return {"index": index, "delta": delta, "logprobs": None, "finish_reason": None, **rest}
@@ -330,19 +338,7 @@ def _sse_chat(
 def _sse_text(
     stream: ChatStream, id_: str, created: int, model: str, include_usage: bool, metrics: Metrics
 ) -> AsyncIterator[str]:
-    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
-        body: dict[str, Any] = {
-            "id": id_,
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "system_fingerprint": None,
-            "choices": choices,
-            **extra,
-        }
-        if include_usage:
-            body.setdefault("usage", None)
-        return _sse(body)
+    chunk = _chunk_maker("text_completion", id_, created, model, include_usage)
 
     def piece(c: Chunk) -> str:
         text, reasoning = (c.text, None) if c.channel == "content" else ("", c.text)
