@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import pytest
 
@@ -11,28 +10,18 @@ import edgereason as er
 from edgereason.backends.base import (
     AdapterSet,
     BatchItem,
-    Capabilities,
-    ModelInfo,
     SamplingParams,
-    TopLogprobs,
 )
 from edgereason.errors import InvalidRequestError, UnknownAdapterError
 from edgereason.options import DEFAULT_LORID_PROMPTS, GenerationOptions
 
-EOS = 0
+from .scripted import ByteScriptBackend, ScriptedSampler, script_sampler
+
 ROLES = ("ir", "kg", "dr")
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 
-@dataclass
-class ScriptedSampler:
-    out: list[int]
-
-    def close(self) -> None:
-        pass
-
-
-class LoridBackend:
+class LoridBackend(ByteScriptBackend):
     """Role and iteration come from the sampler seed (LoRID seeds ``seed + 3 * iteration + role``).
 
     ``answers[role][k]`` is what that role writes at iteration k (the last entry repeats). Every decode
@@ -40,58 +29,26 @@ class LoridBackend:
     """
 
     def __init__(self, answers: dict[str, list[str]], adapters: Sequence[str] = ROLES) -> None:
+        super().__init__(chat_template=TEMPLATE, lora=True)
         self.answers = answers
-        self.info = ModelInfo(
-            name="scripted", path=None, format="gguf", architecture="none", quantization="none", n_params=0,
-            size_bytes=0, n_ctx_train=4096, n_vocab=256, chat_template=TEMPLATE, bos_token="", eos_token="",
-            add_bos=False, has_think_token=False,
-        )  # fmt: skip
-        self.capabilities = Capabilities(max_sequences=4, n_ctx=4096, n_batch=512, lora=True)
         self.adapter_names = sorted(adapters)
         self.active: AdapterSet = ()
         self.prompts: list[tuple[AdapterSet, str]] = []  # (adapters, prompt text) of each prefill
-
-    def tokenize(self, text: str, *, add_bos: bool = False) -> list[int]:
-        return list(text.encode())
-
-    def token_bytes(self, token: int) -> bytes:
-        return b"" if token == EOS else bytes([token])
-
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        return b"".join(self.token_bytes(t) for t in tokens).decode()
-
-    def is_eog(self, token: int) -> bool:
-        return token == EOS
 
     def decode(self, items: Sequence[BatchItem]) -> list[int]:
         for it in items:
             if len(it.tokens) > 1:
                 self.prompts.append((self.active, bytes(it.tokens).decode()))
-        return [i if it.want_logits else -1 for i, it in enumerate(items)]
+        return super().decode(items)
 
     def make_sampler(self, params: SamplingParams) -> ScriptedSampler:
         k, r = divmod(params.seed, 3)
         script = self.answers[ROLES[r]]
-        return ScriptedSampler([*script[min(k, len(script) - 1)].encode(), EOS])
-
-    def sample(self, sampler: ScriptedSampler, logits: int) -> int:
-        return sampler.out.pop(0) if sampler.out else EOS
-
-    def top_logprobs(self, logits: int, token: int, k: int) -> TopLogprobs:
-        return TopLogprobs(token=token, logprob=-0.1, top=())
-
-    def copy_seq(self, src: int, dst: int) -> None:
-        pass
-
-    def remove(self, slot: int, from_pos: int = 0) -> None:
-        pass
+        return script_sampler(params.seed, script[min(k, len(script) - 1)])
 
     def set_adapters(self, adapters: AdapterSet) -> None:
         assert all(name in self.adapter_names for name, _ in adapters)
         self.active = adapters
-
-    def close(self) -> None:
-        pass
 
 
 def run(answers: dict[str, list[str]], **lorid: object) -> tuple[er.ChatResult, LoridBackend]:

@@ -4,83 +4,37 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import pytest
 
 import edgereason as er
-from edgereason.backends.base import BatchItem, Capabilities, ModelInfo, SamplingParams, TopLogprobs
+from edgereason.backends.base import BatchItem, SamplingParams
 from edgereason.errors import InvalidRequestError
 from edgereason.options import DEFAULT_MAX_SAMPLES, GenerationOptions
 from edgereason.signals import answer_confidence, think_answer_mismatch
 
 from .conftest import QUESTION
-
-EOS = 0
+from .scripted import ByteScriptBackend, ScriptedSampler, script_sampler
 
 
 # -- a scripted backend: sample i writes spaces, then its answer, then EOS ----------------------------
-@dataclass
-class ScriptedSampler:
-    seed: int
-    out: list[int]
-
-    def close(self) -> None:
-        pass
-
-
-class ScriptedBackend:
+class ScriptedBackend(ByteScriptBackend):
     """Each sequence's script is chosen from its sampler seed; every decode call sleeps ``step_s``."""
 
     def __init__(self, scripts: Sequence[str], step_s: float = 0.0, max_sequences: int = 4) -> None:
+        super().__init__(max_sequences=max_sequences)
         self.scripts = list(scripts)
         self.step_s = step_s
-        self.info = ModelInfo(
-            name="scripted",
-            path=None,
-            format="gguf",
-            architecture="none",
-            quantization="none",
-            n_params=0,
-            size_bytes=0,
-            n_ctx_train=4096,
-            n_vocab=256,
-            chat_template=None,
-            bos_token="",
-            eos_token="",
-            add_bos=False,
-            has_think_token=False,
-        )
-        self.capabilities = Capabilities(max_sequences=max_sequences, n_ctx=4096, n_batch=512)
         self.live: set[int] = set()
-
-    def tokenize(self, text: str, *, add_bos: bool = False) -> list[int]:
-        return list(text.encode())
-
-    def token_bytes(self, token: int) -> bytes:
-        return b"" if token == EOS else bytes([token])
-
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        return b"".join(self.token_bytes(t) for t in tokens).decode()
-
-    def is_eog(self, token: int) -> bool:
-        return token == EOS
 
     def decode(self, items: Sequence[BatchItem]) -> list[int]:
         time.sleep(self.step_s)
         for it in items:
             self.live.add(it.slot)
-        return [i if it.want_logits else -1 for i, it in enumerate(items)]
+        return super().decode(items)
 
     def make_sampler(self, params: SamplingParams) -> ScriptedSampler:
-        script = self.scripts[params.seed % len(self.scripts)]
-        return ScriptedSampler(params.seed, [*script.encode(), EOS])
-
-    def sample(self, sampler: ScriptedSampler, logits: int) -> int:
-        return sampler.out.pop(0) if sampler.out else EOS
-
-    def top_logprobs(self, logits: int, token: int, k: int) -> TopLogprobs:
-        return TopLogprobs(token=token, logprob=-0.1, top=((token, -0.1), (1, -4.0)))
+        return script_sampler(params.seed, self.scripts[params.seed % len(self.scripts)])
 
     def copy_seq(self, src: int, dst: int) -> None:
         self.live.add(dst)
@@ -88,12 +42,6 @@ class ScriptedBackend:
     def remove(self, slot: int, from_pos: int = 0) -> None:
         if from_pos == 0:
             self.live.discard(slot)
-
-    def set_adapters(self, adapters: object) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture
