@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import importlib.metadata
 import json
 import logging
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -93,6 +95,33 @@ def read_hf_config(src: Path) -> dict[str, Any]:
     return config
 
 
+def check_output_path(out: Path, force: bool) -> None:
+    """An output file must not be a folder, and replaces an existing file only with ``force``."""
+    if out.is_dir():
+        raise InvalidRequestError(f"{out} is a directory; pass the .gguf file path to write", param="out")
+    if out.exists() and not force:
+        raise InvalidRequestError(
+            f"{out} already exists; remove it or pass force=True (--force)", param="out"
+        )
+
+
+@contextlib.contextmanager
+def atomic_output(out: Path) -> Iterator[Path]:
+    """A temporary path beside ``out``, renamed to ``out`` when the block succeeds, removed otherwise.
+
+    ``out`` is never a truncated artefact. Not mkstemp: the writer creates the file, so it gets the
+    usual umask permissions rather than 0600; the converter str.format()s the output name, so the
+    temporary name holds no braces.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".edgereason-convert-{secrets.token_hex(8)}.gguf.part"
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def hf_to_gguf(src: Path, out: Path, outtype: OutType = "f32", *, force: bool = False) -> Path:
     """Convert the checkpoint folder ``src`` to the GGUF file ``out`` and return ``out``.
 
@@ -104,23 +133,10 @@ def hf_to_gguf(src: Path, out: Path, outtype: OutType = "f32", *, force: bool = 
         raise InvalidRequestError(
             f"outtype '{outtype}' is not one of {', '.join(OUT_TYPES)}", param="outtype"
         )
-    if out.is_dir():
-        raise InvalidRequestError(f"{out} is a directory; pass the .gguf file path to write", param="out")
-    if out.exists() and not force:
-        raise InvalidRequestError(
-            f"{out} already exists; remove it or pass force=True (--force)", param="out"
-        )
+    check_output_path(out, force)
     config = read_hf_config(src)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp: the converter creates the file, so it gets the usual umask permissions rather than 0600.
-    # The converter str.format()s the output name, so the temp name must hold no braces.
-    tmp = out.parent / f".edgereason-convert-{secrets.token_hex(8)}.gguf.part"
-    try:
+    with atomic_output(out) as tmp:
         _convert(src, tmp, outtype)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     logger.info("converted %s (%s) to %s as %s", src, config["architectures"][0], out, outtype)
     return out
 

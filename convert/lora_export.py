@@ -14,16 +14,20 @@ import argparse
 import json
 import logging
 import math
-import os
-import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from edgereason.errors import EdgeReasonError, InvalidRequestError, MissingExtraError, ModelLoadError
+from edgereason.errors import EdgeReasonError, MissingExtraError, ModelLoadError
 
-from .gguf_export import SUPPORTED_ARCHITECTURES, check_converter_install, read_hf_config
+from .gguf_export import (
+    SUPPORTED_ARCHITECTURES,
+    atomic_output,
+    check_converter_install,
+    check_output_path,
+    read_hf_config,
+)
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -51,10 +55,7 @@ def peft_to_gguf(
     per-module ranks, embedding adapters, modules_to_save) or an adapter whose shapes do not fit the base.
     """
     peft_dir, base_hf_dir, out = Path(peft_dir), Path(base_hf_dir), Path(out)
-    if out.exists() and not force:
-        raise InvalidRequestError(
-            f"{out} already exists; remove it or pass force=True (--force)", param="out"
-        )
+    check_output_path(out, force)
     check_converter_install()
     try:
         import gguf
@@ -99,9 +100,7 @@ def peft_to_gguf(
     if not pairs:
         raise ModelLoadError(f"{peft_dir} holds no LoRA tensors")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".edgereason-lora-{secrets.token_hex(8)}.gguf.part"
-    try:
+    with atomic_output(out) as tmp:
         writer = gguf.GGUFWriter(tmp, arch)
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
@@ -117,9 +116,6 @@ def peft_to_gguf(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     logger.info(
         "converted adapter %s (%d modules, r=%d, alpha=%g) to %s", peft_dir, len(pairs), r, alpha, out
     )
