@@ -94,13 +94,10 @@ def create_app(engine: Engine | None, settings: ServerSettings | None = None) ->
         id_, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            events = _sse_chat(stream, opts.n, id_, created, model, include_usage, app.state.metrics)
-            return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
-        result = await _collect(stream, request)
-        if result is None:
-            return Response(status_code=499)
-        app.state.metrics.count_usage(result.usage)
-        return JSONResponse(schemas.chat_completion(result, id_=id_, created=created, model=model))
+            return _sse_response(
+                _sse_chat(stream, opts.n, id_, created, model, include_usage, app.state.metrics)
+            )
+        return await _json_response(app, request, stream, schemas.chat_completion, id_, created, model)
 
     @app.post("/v1/completions")
     async def completions(req: schemas.CompletionRequest, request: Request) -> Response:
@@ -112,13 +109,8 @@ def create_app(engine: Engine | None, settings: ServerSettings | None = None) ->
         id_, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            events = _sse_text(stream, id_, created, model, include_usage, app.state.metrics)
-            return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
-        result = await _collect(stream, request)
-        if result is None:
-            return Response(status_code=499)
-        app.state.metrics.count_usage(result.usage)
-        return JSONResponse(schemas.text_completion(result, id_=id_, created=created, model=model))
+            return _sse_response(_sse_text(stream, id_, created, model, include_usage, app.state.metrics))
+        return await _json_response(app, request, stream, schemas.text_completion, id_, created, model)
 
     @app.post("/v1/load_lora_adapter")
     async def load_lora_adapter(req: schemas.LoadLoraAdapterRequest) -> JSONResponse:
@@ -244,6 +236,27 @@ async def _collect(stream: ChatStream, request: Request) -> ChatResult | None:
         if not task.done():
             stream.cancel()
             task.cancel()
+
+
+def _sse_response(events: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+async def _json_response(
+    app: FastAPI,
+    request: Request,
+    stream: ChatStream,
+    render: Callable[..., dict[str, Any]],
+    id_: str,
+    created: int,
+    model: str,
+) -> Response:
+    """Wait for the whole result (499 if the client left first) and render it as JSON."""
+    result = await _collect(stream, request)
+    if result is None:
+        return Response(status_code=499)
+    app.state.metrics.count_usage(result.usage)
+    return JSONResponse(render(result, id_=id_, created=created, model=model))
 
 
 def _sse(body: dict[str, Any]) -> str:

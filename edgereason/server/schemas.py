@@ -200,26 +200,17 @@ def completion_logprobs(logprobs: list[TokenLogprob] | None) -> dict[str, Any] |
     }
 
 
-def chat_completion(result: ChatResult, *, id_: str, created: int, model: str) -> dict[str, Any]:
+def _completion_body(
+    object_: str, result: ChatResult, choices: list[dict[str, Any]], *, id_: str, created: int, model: str
+) -> dict[str, Any]:
+    """The envelope both completion endpoints share."""
     return {
         "id": id_,
-        "object": "chat.completion",
+        "object": object_,
         "created": created,
         "model": model,
         "system_fingerprint": None,
-        "choices": [
-            {
-                "index": c.index,
-                "message": {
-                    "role": "assistant",
-                    "content": c.content,
-                    "reasoning_content": c.reasoning or None,
-                },
-                "logprobs": chat_logprobs(c.logprobs),
-                "finish_reason": finish_reason(c),
-            }
-            for c in result.choices
-        ],
+        "choices": choices,
         "usage": result.usage.to_dict(),
         "edgereason": edgereason_report(result),
         # Strategy reports (self_consistency, lorid) also stand at the top level, as their issues define.
@@ -227,23 +218,28 @@ def chat_completion(result: ChatResult, *, id_: str, created: int, model: str) -
     }
 
 
+def chat_completion(result: ChatResult, *, id_: str, created: int, model: str) -> dict[str, Any]:
+    choices = [
+        {
+            "index": c.index,
+            "message": {"role": "assistant", "content": c.content, "reasoning_content": c.reasoning or None},
+            "logprobs": chat_logprobs(c.logprobs),
+            "finish_reason": finish_reason(c),
+        }
+        for c in result.choices
+    ]
+    return _completion_body("chat.completion", result, choices, id_=id_, created=created, model=model)
+
+
 def text_completion(result: ChatResult, *, id_: str, created: int, model: str) -> dict[str, Any]:
-    return {
-        "id": id_,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [
-            {
-                "index": c.index,
-                "text": c.content,
-                "reasoning_content": c.reasoning or None,
-                "logprobs": completion_logprobs(c.logprobs),
-                "finish_reason": finish_reason(c),
-            }
-            for c in result.choices
-        ],
-        "usage": result.usage.to_dict(),
-        "edgereason": edgereason_report(result),
-    }
+    choices = [
+        {
+            "index": c.index,
+            "text": c.content,
+            "reasoning_content": c.reasoning or None,
+            "logprobs": completion_logprobs(c.logprobs),
+            "finish_reason": finish_reason(c),
+        }
+        for c in result.choices
+    ]
+    return _completion_body("text_completion", result, choices, id_=id_, created=created, model=model)
