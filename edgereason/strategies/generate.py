@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..answers import extract_answer, last_reasoning_answer
+from ..answers import AnswerFormat, Extracted
 from ..backends.base import AdapterSet, SamplingParams, TopLogprobs
 from ..chat.reasoning import Channel, ChannelSplitter
 from ..job import Job, PreparedPrompt
@@ -208,9 +208,19 @@ class ChoiceDecoder:
         top = tuple((detok([t]), v) for t, v in lp.top[: self.opts.top_logprobs])
         self.token_logprobs.append(TokenLogprob(detok([token]), lp.logprob, top))
 
-    def to_choice(self) -> Choice:
+    def final_answer(self, fmt: AnswerFormat = "auto") -> Extracted | None:
+        """The extracted final answer of the finished output (from the reasoning if there is no content)."""
+        return final_answer("".join(self.content), "".join(self.reasoning), fmt)
+
+    def to_choice(self, fmt: AnswerFormat = "auto", found: Extracted | None = None) -> Choice:
+        """The finished output as a Choice; pass ``found`` when the caller already extracted it."""
         content, reasoning = "".join(self.content), "".join(self.reasoning)
-        found = extract_answer(content) if content.strip() else last_reasoning_answer(reasoning)
+        if found is None:
+            found = final_answer(content, reasoning, fmt)
+        signals = {
+            "answer_confidence": answer_confidence(self.logprob_texts, self.logprob_values, found),
+            "think_answer_mismatch": think_answer_mismatch(content, reasoning, fmt),
+        }
         return Choice(
             index=self.index,
             content=content,
@@ -221,17 +231,8 @@ class ChoiceDecoder:
             answer=found.normalized if found else None,
             thinking_stopped_by=self.thinking_stopped_by,
             logprobs=self.token_logprobs,
-            extra={**self.answer_signals(), **(self.thinking.report() if self.thinking is not None else {})},
+            extra={**signals, **(self.thinking.report() if self.thinking is not None else {})},
         )
-
-    def answer_signals(self, fmt: str = "auto") -> dict[str, float | bool | None]:
-        """``answer_confidence`` (needs log-probs) and ``think_answer_mismatch`` of this output."""
-        content, reasoning = "".join(self.content), "".join(self.reasoning)
-        found = final_answer(content, reasoning, fmt)
-        return {
-            "answer_confidence": answer_confidence(self.logprob_texts, self.logprob_values, found),
-            "think_answer_mismatch": think_answer_mismatch(content, reasoning, fmt),
-        }
 
 
 class GenerateJob(Job):

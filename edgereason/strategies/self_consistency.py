@@ -19,7 +19,6 @@ from ..errors import InvalidRequestError
 from ..job import Job, PreparedPrompt
 from ..options import GenerationOptions, SelfConsistencyOptions
 from ..result import ChatResult, Choice, Chunk, FinishReason, Usage
-from ..signals import final_answer
 from .generate import ChoiceDecoder, sampling_for
 from .voting import Vote, make_stopping_rule, tally, token_confidence, trace_confidence
 
@@ -184,10 +183,9 @@ class SelfConsistencyJob(Job):
         return self.deadline is not None and time.monotonic() >= self.deadline
 
     def _report(self, d: SampleDecoder) -> SampleReport:
-        choice = d.to_choice()
-        signals = d.answer_signals(self.sc.answer_format)
-        found = final_answer(choice.content, choice.reasoning, self.sc.answer_format)
-        mismatch = signals["think_answer_mismatch"]
+        found = d.final_answer(self.sc.answer_format)
+        choice = d.to_choice(self.sc.answer_format, found)
+        mismatch = choice.extra["think_answer_mismatch"]
         key = answer_key(found) if found is not None else None
         if mismatch is True and self.sc.mismatch == "drop":
             key = None
@@ -197,7 +195,7 @@ class SelfConsistencyJob(Job):
             tokens=d.completion_tokens,
             confidence=trace_confidence(d.token_confs, DEFAULT_CONFIDENCE_WINDOW),
             finish_reason=choice.finish_reason,
-            answer_confidence=signals["answer_confidence"],  # type: ignore[arg-type]
+            answer_confidence=choice.extra["answer_confidence"],
             think_answer_mismatch=mismatch,  # type: ignore[arg-type]
             choice=choice,
         )
