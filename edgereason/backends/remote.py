@@ -1,0 +1,484 @@
+"""The remote backend: EdgeReason's strategies over any OpenAI-compatible server (``openai://HOST:PORT/MODEL``).
+
+vLLM, SGLang, llama-server or ``edgereason serve`` decode; this engine keeps the Engine surface (chat,
+stream, complete, results with channels, answers and strategy reports) and drives the strategies over HTTP:
+
+- plain generation: ``/v1/chat/completions`` (reasoning from ``reasoning_content``/``reasoning``, else split
+  from ``<think>`` by the local channel parser);
+- thinking budgets: ``/v1/completions`` on the prompt rendered locally with the model's chat template,
+  continued from the server's per-token texts (``logprobs``): at the cap the wrap-up line and ``</think>``
+  are appended to the raw prompt and the model answers. Without a template the budget is passed on to the
+  server (``thinking_token_budget``) and the result says so;
+- self-consistency: ``n`` samples per request (one request per sample when the server refuses n > 1), in
+  rounds so the adaptive stopping rules apply between rounds;
+- LoRID: role requests with ``model=<adapter>``.
+
+The strategies live in ``remote_strategies.py``, HTTP and response parsing in ``remote_http.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..chat.reasoning import (
+    ChannelSplitter,
+    PromptPlan,
+    ReasoningFormat,
+    Thinking,
+    detect_format,
+    plan_prompt,
+    think_is_open,
+)
+from ..chat.template import render_chat, validate_messages
+from ..errors import ChatTemplateError, EdgeReasonError, InvalidRequestError, UnknownAdapterError
+from ..job import ChatStream, Job
+from ..options import GenerationOptions
+from ..result import ChatResult, Choice, Usage
+from . import remote_strategies as strategies
+from .base import ModelInfo
+from .remote_http import (
+    RemoteClient,
+    RemoteError,
+    RemoteOutput,
+    RemoteTarget,
+    RemoteUnavailableError,
+    apply_report,
+    chat_logprobs,
+    finish_reason,
+    parse_remote_url,
+)
+
+__all__ = ["RemoteEngine", "RemoteError", "RemoteUnavailableError", "load_remote", "parse_remote_url"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 600.0  # one generation request; long thinking on a busy server takes minutes
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_PARALLEL = 8  # concurrent requests when a server takes one sample per request
+
+
+class RemoteJob(Job):
+    """A request served by a worker thread over HTTP; the caller reads it through a ChatStream."""
+
+
+# -- the engine ----------------------------------------------------------------------------------------------
+class RemoteEngine:
+    """The Engine surface over an OpenAI-compatible server. Thread-safe; each request runs in its own thread."""
+
+    def __init__(
+        self,
+        target: RemoteTarget,
+        *,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+        chat_template: str | None = None,
+        reasoning_format: str | None = None,
+        name: str | None = None,
+        parallel: int = DEFAULT_PARALLEL,
+    ) -> None:
+        self.target = target
+        self.model = target.model
+        self.name = name or target.model
+        self.parallel = parallel
+        self.client = RemoteClient(target.api_base, api_key, timeout, connect_timeout)
+        self._closed = False
+        self.n_ok = True  # the server takes n > 1; cleared at its first refusal
+        try:
+            base, adapters = _served_models(self.client.get("/models"), self.model)
+        except BaseException:
+            self.client.close()
+            raise
+        meta: dict[str, Any] = base["meta"] if isinstance(base.get("meta"), dict) else {}
+        self.flavor = "edgereason" if base.get("owned_by") == "edgereason" else "openai"
+        self._adapters = adapters
+        no_template = chat_template is None and not meta.get("chat_template")
+        props = self.client.get_root("/props") if no_template else {}
+        self.chat_template: str | None = (
+            chat_template or meta.get("chat_template") or props.get("chat_template")
+        )
+        fmt = reasoning_format or meta.get("reasoning_format")
+        try:
+            self.reasoning_format = ReasoningFormat(fmt) if fmt else detect_format(self.chat_template, False)
+        except ValueError:
+            self.client.close()
+            raise InvalidRequestError(f"unknown reasoning format {fmt!r}", param="reasoning_format") from None
+        self.info = ModelInfo(
+            name=self.name,
+            path=None,
+            format="remote",
+            architecture=str(meta.get("architecture", "unknown")),
+            quantization="unknown",
+            n_params=0,
+            size_bytes=0,
+            n_ctx_train=int(meta.get("n_ctx") or 0),
+            n_vocab=0,
+            chat_template=self.chat_template,
+            bos_token=str(props.get("bos_token") or meta.get("bos_token") or ""),
+            eos_token=str(props.get("eos_token") or meta.get("eos_token") or ""),
+            add_bos=False,
+            has_think_token=False,
+        )
+
+    # -- public API (the Engine's) -------------------------------------------------------------------------
+    @property
+    def adapter_names(self) -> list[str]:
+        return sorted(self._adapters or ())
+
+    def chat(
+        self, messages: Sequence[Any], options: GenerationOptions | None = None, **fields: Any
+    ) -> ChatResult:
+        """Generate a reply to ``messages``; ``fields`` override ``options`` (see GenerationOptions)."""
+        return self._submit_chat(messages, options, fields, emit_chunks=False).wait()
+
+    def stream(
+        self, messages: Sequence[Any], options: GenerationOptions | None = None, **fields: Any
+    ) -> ChatStream:
+        """Like ``chat`` but yields ``Chunk``s; plain generation streams tokens, strategies stream per step."""
+        return self._submit_chat(messages, options, fields, emit_chunks=True)
+
+    def complete(self, prompt: str, options: GenerationOptions | None = None, **fields: Any) -> ChatResult:
+        """Continue a raw prompt (no chat template) on ``/v1/completions``."""
+        return self._submit_completion(prompt, options, fields, emit_chunks=False).wait()
+
+    def stream_completion(
+        self, prompt: str, options: GenerationOptions | None = None, **fields: Any
+    ) -> ChatStream:
+        return self._submit_completion(prompt, options, fields, emit_chunks=True)
+
+    def render(self, messages: Sequence[Any], thinking: Thinking = "auto") -> PromptPlan:
+        """The prompt text for ``messages`` under the model's template, rendered here (as Engine.render)."""
+        msgs = validate_messages(messages)
+        if not self.chat_template:
+            raise ChatTemplateError(
+                f"the server does not publish the chat template of {self.name!r}; pass chat_template= to load_remote"
+            )
+        qwen3 = self.reasoning_format is ReasoningFormat.QWEN3
+        enable = None if thinking == "auto" or not qwen3 else bool(thinking)
+        rendered = render_chat(
+            self.chat_template,
+            msgs,
+            bos_token=self.info.bos_token,
+            eos_token=self.info.eos_token,
+            enable_thinking=enable,
+        )
+        return plan_prompt(rendered, self.reasoning_format, thinking)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.client.close()
+
+    def __enter__(self) -> RemoteEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- dispatch ----------------------------------------------------------------------------------------------
+    def _submit_chat(
+        self,
+        messages: Sequence[Any],
+        options: GenerationOptions | None,
+        fields: dict[str, Any],
+        *,
+        emit_chunks: bool,
+    ) -> ChatStream:
+        opts = GenerationOptions.build(options, fields)
+        msgs = validate_messages(messages)
+        self._check_supported(opts)
+        if opts.uses_lorid:
+            question = next(
+                (m["content"] for m in reversed(msgs) if m["role"] == "user"), msgs[-1]["content"]
+            )
+            return self._run(lambda job: strategies.lorid(self, job, question, opts), emit_chunks)
+        model = self._model_for(opts)
+        plan = self.render(msgs, opts.effective_thinking) if self.raw_budget(opts) else None
+        if opts.self_consistency is not None:
+            return self._run(
+                lambda job: strategies.self_consistency(self, job, msgs, plan, opts, model), emit_chunks
+            )
+        if plan is not None:
+            return self._run(lambda job: strategies.raw_choices(self, job, plan, opts, model), emit_chunks)
+        return self._run(lambda job: self._chat(job, msgs, opts, model), emit_chunks)
+
+    def _submit_completion(
+        self, prompt: str, options: GenerationOptions | None, fields: dict[str, Any], *, emit_chunks: bool
+    ) -> ChatStream:
+        opts = GenerationOptions.build(options, fields)
+        if not isinstance(prompt, str) or not prompt:
+            raise InvalidRequestError("prompt must be a non-empty string", param="prompt")
+        self._check_supported(opts)
+        if opts.uses_lorid:
+            raise InvalidRequestError("LoRID needs chat messages; use chat()", param="strategy")
+        plan = PromptPlan(
+            prompt, starts_in_reasoning=think_is_open(prompt), may_open=False, thinking_disabled=False
+        )
+        model = self._model_for(opts)
+        if opts.self_consistency is not None:
+            return self._run(
+                lambda job: strategies.self_consistency(self, job, None, plan, opts, model), emit_chunks
+            )
+        return self._run(lambda job: strategies.raw_choices(self, job, plan, opts, model), emit_chunks)
+
+    def _run(self, work: Callable[[RemoteJob], ChatResult], emit_chunks: bool) -> ChatStream:
+        if self._closed:
+            raise EdgeReasonError("the engine is closed")
+        job = RemoteJob()
+        job.emit_chunks = emit_chunks
+
+        def target() -> None:
+            try:
+                job.complete(work(job))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller through the stream
+                job.fail(exc)
+
+        threading.Thread(target=target, name="edgereason-remote", daemon=True).start()
+        return ChatStream(job)
+
+    def _check_supported(self, opts: GenerationOptions) -> None:
+        if opts.effective_thinking_budget == "auto" or opts.min_thinking:
+            raise InvalidRequestError(
+                "thinking_budget='auto' and min_thinking steer every token (probes, rewinds); a remote "
+                "backend cannot: use an integer thinking_budget, or run the model locally",
+                param="thinking_budget",
+            )
+
+    def raw_budget(self, opts: GenerationOptions) -> bool:
+        """An integer budget is enforced here (raw-prompt continuation) when the chat template is known."""
+        if not isinstance(opts.effective_thinking_budget, int):
+            return False
+        if self.chat_template is None:
+            log.warning("no chat template for %s: the thinking budget is left to the server", self.name)
+        return self.chat_template is not None
+
+    def _model_for(self, opts: GenerationOptions) -> str:
+        """``model=<adapter>`` selects one adapter (vLLM); adapter sets with scales cannot be expressed."""
+        wanted = opts.adapter_set
+        if not wanted:
+            return self.model
+        if len(wanted) > 1 or wanted[0][1] != 1.0:
+            raise InvalidRequestError(
+                "a remote server selects one adapter at its own scale (model=<adapter>); pass adapter=NAME",
+                param="adapters",
+            )
+        self.require_adapters([wanted[0][0]])
+        if opts.self_consistency is not None:
+            raise InvalidRequestError(
+                "adapters cannot be combined with self_consistency yet; drop one of them", param="adapters"
+            )
+        return wanted[0][0]
+
+    def require_adapters(self, names: Sequence[str]) -> None:
+        """Adapters the server lists; unchecked (the server answers 404) when it lists none."""
+        for name in names:
+            if self._adapters is not None and name not in self._adapters:
+                raise UnknownAdapterError(
+                    f"adapter {name!r} is not served by {self.target.api_base} "
+                    f"(served: {', '.join(sorted(self._adapters))})"
+                )
+
+    # -- request bodies ------------------------------------------------------------------------------------------
+    def body(
+        self,
+        opts: GenerationOptions,
+        model: str,
+        *,
+        seed_offset: int = 0,
+        temperature: float | None = None,
+        top_p: float | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": model,
+            "temperature": opts.temperature if temperature is None else temperature,
+            "top_p": opts.top_p if top_p is None else top_p,
+        }
+        if opts.max_tokens is not None:
+            body["max_tokens"] = opts.max_tokens
+        if opts.seed is not None:
+            body["seed"] = (opts.seed + seed_offset) & 0xFFFFFFFF
+        if opts.stop:
+            body["stop"] = list(opts.stop)
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(opts, name):
+                body[name] = getattr(opts, name)
+        # Set by the caller only: servers' own defaults differ from ours.
+        renamed = {
+            "repeat_penalty": "repeat_penalty" if self.flavor == "edgereason" else "repetition_penalty"
+        }
+        for name in ("top_k", "min_p", "repeat_penalty"):
+            if name in opts.model_fields_set:
+                body[renamed.get(name, name)] = getattr(opts, name)
+        return body
+
+    def thinking_fields(self, opts: GenerationOptions) -> dict[str, Any]:
+        """Thinking on/off in the server's terms, and an integer budget left to the server (no template)."""
+        out: dict[str, Any] = {}
+        thinking = opts.effective_thinking
+        if thinking != "auto" and self.flavor == "edgereason":
+            out["thinking"] = thinking
+        elif thinking != "auto":
+            out["chat_template_kwargs"] = {"enable_thinking": bool(thinking)}
+        if isinstance(opts.effective_thinking_budget, int):
+            out["thinking_token_budget"] = opts.effective_thinking_budget  # vLLM's name; EdgeReason's alias
+        return out
+
+    # -- plain chat ----------------------------------------------------------------------------------------------
+    def _chat(
+        self, job: RemoteJob, msgs: list[dict[str, Any]], opts: GenerationOptions, model: str
+    ) -> ChatResult:
+        body = {**self.body(opts, model), "messages": msgs, "n": opts.n, **self.thinking_fields(opts)}
+        if opts.logprobs or opts.top_logprobs:
+            body.update(logprobs=True, top_logprobs=opts.top_logprobs)
+        budget = opts.effective_thinking_budget
+        plan = self.render(msgs, opts.effective_thinking) if self.chat_template else None
+        outs, prompt_tokens = (
+            self._chat_stream(job, body, opts, plan)
+            if job.emit_chunks
+            else self.chat_once(body, opts.n, plan)
+        )
+        if isinstance(budget, int):
+            for o in outs:
+                o.extra["thinking_budget_enforced_by"] = "server"
+                if o.reasoning_tokens > budget:
+                    log.warning(
+                        "the server ignored thinking_budget=%d (%d reasoning tokens)",
+                        budget,
+                        o.reasoning_tokens,
+                    )
+        return self.result([o.to_choice(i, opts) for i, o in enumerate(outs)], prompt_tokens)
+
+    def _splitter(self, plan: PromptPlan | None) -> ChannelSplitter:
+        """For a server that does not split reasoning: the prompt (else the format) says where output starts."""
+        if plan is not None:
+            return ChannelSplitter(starts_in_reasoning=plan.starts_in_reasoning, may_open=plan.may_open)
+        return ChannelSplitter(
+            starts_in_reasoning=False, may_open=self.reasoning_format is not ReasoningFormat.NONE
+        )
+
+    def chat_once(
+        self, body: dict[str, Any], n: int, plan: PromptPlan | None = None
+    ) -> tuple[list[RemoteOutput], int]:
+        resp = self.client.post("/chat/completions", body)
+        outs = [RemoteOutput() for _ in range(n)]
+        for ch in resp.get("choices") or ():
+            out = outs[int(ch.get("index", 0))]
+            msg = ch.get("message") or {}
+            reasoning = msg.get("reasoning_content") or msg.get("reasoning")
+            content = msg.get("content") or ""
+            if reasoning is not None or self.flavor == "edgereason":
+                out.add([(c, t) for c, t in (("reasoning", reasoning), ("content", content)) if t], None, 0)  # type: ignore[misc]
+            else:
+                sp = self._splitter(plan)
+                out.add(sp.feed(content) + sp.flush(), None, 0)
+            out.finish_reason = finish_reason(ch.get("finish_reason"))
+            out.add_logprobs(chat_logprobs(ch.get("logprobs")))
+        return self._counts(outs, resp.get("usage"), resp.get("edgereason"))
+
+    def _chat_stream(
+        self, job: RemoteJob, body: dict[str, Any], opts: GenerationOptions, plan: PromptPlan | None
+    ) -> tuple[list[RemoteOutput], int]:
+        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        outs = [RemoteOutput() for _ in range(opts.n)]
+        splitters = [self._splitter(plan) for _ in range(opts.n)]
+        split_by_server = [self.flavor == "edgereason"] * opts.n
+        usage: Any = None
+        report: Any = None
+        for event in self.client.stream(body, job.cancel_requested):
+            usage = event.get("usage") or usage
+            report = event.get("edgereason") or report
+            for ch in event.get("choices") or ():
+                i = int(ch.get("index", 0))
+                delta = ch.get("delta") or {}
+                reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                if reasoning:
+                    split_by_server[i] = True
+                    outs[i].add([("reasoning", reasoning)], job.emit, i)
+                if delta.get("content"):
+                    text = delta["content"]
+                    parts = [("content", text)] if split_by_server[i] else splitters[i].feed(text)
+                    outs[i].add(parts, job.emit, i)  # type: ignore[arg-type]
+                outs[i].add_logprobs(chat_logprobs(ch.get("logprobs")))
+                if ch.get("finish_reason"):
+                    outs[i].finish_reason = finish_reason(ch["finish_reason"])
+        for i, out in enumerate(outs):
+            if not split_by_server[i]:
+                out.add(splitters[i].flush(), job.emit, i)
+            if job.cancel_requested.is_set() and report is None:
+                out.finish_reason = "cancelled"
+        return self._counts(outs, usage, report)
+
+    def _counts(self, outs: list[RemoteOutput], usage: Any, report: Any) -> tuple[list[RemoteOutput], int]:
+        """Token counts: the EdgeReason report's per choice, else log-probs, else usage (one choice)."""
+        usage = usage if isinstance(usage, dict) else {}
+        details = usage.get("completion_tokens_details") or {}
+        for i, out in enumerate(outs):
+            out.completion_tokens = len(out.logprobs) or (
+                int(usage.get("completion_tokens") or 0) if len(outs) == 1 else 0
+            )
+            if len(outs) == 1:
+                out.reasoning_tokens = int(details.get("reasoning_tokens") or 0)
+            entries = report.get("choices") if isinstance(report, dict) else None
+            if entries and i < len(entries) and isinstance(entries[i], dict):
+                apply_report(out, entries[i])
+            if out.thinking_stopped_by is None and out.reasoning:
+                out.thinking_stopped_by = "model" if out.content or out.finish_reason == "stop" else "length"
+        return outs, int(usage.get("prompt_tokens") or 0)
+
+    def result(
+        self, choices: list[Choice], prompt_tokens: int, extra: dict[str, Any] | None = None
+    ) -> ChatResult:
+        usage = Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=sum(c.completion_tokens for c in choices),
+            reasoning_tokens=sum(c.reasoning_tokens for c in choices),
+        )
+        return ChatResult(choices=choices, usage=usage, model=self.name, extra=extra or {})
+
+    # -- raw-prompt continuation (thinking budgets, text completions) -----------------------------------------
+
+
+def _served_models(listing: Any, model: str) -> tuple[dict[str, Any], frozenset[str] | None]:
+    """From ``GET /v1/models``: the entry of ``model`` (else the first) and the adapters listed with a parent.
+
+    Adapters are None (unchecked; the server answers 404 for an unknown one) when none is listed.
+    """
+    data = listing.get("data") if isinstance(listing, dict) else None
+    entries = [e for e in data or () if isinstance(e, dict)]
+    base = next((e for e in entries if e.get("id") == model), entries[0] if entries else {})
+    listed = frozenset(str(e["id"]) for e in entries if e.get("parent") and "id" in e)
+    return base, listed or None
+
+
+def load_remote(
+    url: str,
+    *,
+    api_key: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+    chat_template: str | None = None,
+    reasoning_format: str | None = None,
+    name: str | None = None,
+    parallel: int = DEFAULT_PARALLEL,
+) -> RemoteEngine:
+    """An engine over the OpenAI-compatible server at ``openai://HOST:PORT/MODEL``.
+
+    ``api_key`` defaults to $EDGEREASON_REMOTE_API_KEY, then $OPENAI_API_KEY. ``chat_template``: the model's
+    template, for exact thinking budgets when the server does not publish it (``GET /props``, model meta).
+    Raises RemoteUnavailableError when the server cannot be reached.
+    """
+    key = api_key or os.environ.get("EDGEREASON_REMOTE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    return RemoteEngine(
+        parse_remote_url(url),
+        api_key=key,
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        chat_template=chat_template,
+        reasoning_format=reasoning_format,
+        name=name,
+        parallel=parallel,
+    )

@@ -1,0 +1,305 @@
+"""HTTP for the remote backend: the target URL, one pooled client with errors mapped once, and what a
+generated choice looks like once it is back (channels, token texts, log-probs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..chat.reasoning import Channel
+from ..errors import (
+    CapacityError,
+    EdgeReasonError,
+    InvalidRequestError,
+    MissingExtraError,
+    UnknownAdapterError,
+)
+from ..options import GenerationOptions
+from ..result import Choice, Chunk, FinishReason, TokenLogprob
+from ..signals import answer_confidence, final_answer, think_answer_mismatch
+
+SCHEMES = {"openai": "http", "openai+http": "http", "openai+https": "https"}
+
+
+class RemoteError(EdgeReasonError):
+    """The remote server failed a request or answered with something that is not the OpenAI API."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RemoteUnavailableError(RemoteError):
+    """The server cannot be reached (refused, unknown host, not ready) or did not answer in time."""
+
+
+@dataclass(frozen=True)
+class RemoteTarget:
+    api_base: str  # http://HOST:PORT/v1
+    model: str
+
+
+def parse_remote_url(url: str) -> RemoteTarget:
+    """``openai://HOST:PORT/MODEL`` (``openai+https://`` for TLS); MODEL may contain slashes (HF ids)."""
+    scheme, sep, rest = url.partition("://")
+    host, _, path = rest.partition("/")
+    path = path.strip("/")
+    model = path[3:] if path.startswith("v1/") else path
+    if not sep or scheme not in SCHEMES or not host or not model:
+        raise InvalidRequestError(
+            f"not a remote model URL: {url!r}; use openai://HOST:PORT/MODEL (openai+https:// for TLS)",
+            param="model",
+        )
+    return RemoteTarget(f"{SCHEMES[scheme]}://{host}/v1", model)
+
+
+# -- HTTP ------------------------------------------------------------------------------------------------
+class RemoteClient:
+    """JSON and SSE over one pooled httpx client (thread-safe); transport and HTTP errors mapped once."""
+
+    def __init__(self, api_base: str, api_key: str | None, timeout: float, connect_timeout: float) -> None:
+        try:
+            import httpx
+        except ImportError:
+            raise MissingExtraError("the remote backend (openai://)", "remote") from None
+        self.httpx = httpx
+        self.api_base = api_base
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(
+            base_url=api_base, headers=headers, timeout=httpx.Timeout(timeout, connect=connect_timeout)
+        )
+        self.root = api_base.removesuffix("/v1")  # llama-server and vLLM serve /props and /tokenize here
+        self._token_counts: dict[str, int] = {}
+        self._bos_count: int | None = None
+        self._has_tokenize: bool | None = None
+        self._lock = threading.Lock()
+
+    def get(self, path: str) -> Any:
+        return self._call(lambda: self.http.get(path))
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return self._call(lambda: self.http.post(path, json=body))
+
+    def stream(self, body: dict[str, Any], cancelled: threading.Event) -> Iterator[dict[str, Any]]:
+        """Events of an SSE chat completion; leaving early (or ``cancelled``) closes the connection."""
+        try:
+            with self.http.stream("POST", "/chat/completions", json=body) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise _http_error(r.status_code, _json_or_none(r.text), body.get("model"))
+                for line in r.iter_lines():
+                    if cancelled.is_set():
+                        return
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    event = _json_or_none(data)
+                    if not isinstance(event, dict):
+                        raise RemoteError(f"the server sent a stream event that is not JSON: {data[:200]!r}")
+                    if "error" in event:
+                        raise _http_error(500, event, body.get("model"))
+                    yield event
+        except self.httpx.TimeoutException as exc:
+            raise self._timeout(exc) from None
+        except self.httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+
+    def _call(self, send: Callable[[], Any]) -> Any:
+        try:
+            r = send()
+        except self.httpx.TimeoutException as exc:
+            raise self._timeout(exc) from None
+        except self.httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        body = _json_or_none(r.text)
+        if r.status_code >= 400:
+            raise _http_error(r.status_code, body, None)
+        if body is None:
+            raise RemoteError(f"{self.api_base}: the answer is not JSON: {r.text[:200]!r}", r.status_code)
+        return body
+
+    def _timeout(self, exc: Exception) -> RemoteUnavailableError:
+        return RemoteUnavailableError(
+            f"{self.api_base} did not answer in time ({type(exc).__name__}); "
+            "raise timeout= in load_remote or check the server's load"
+        )
+
+    def _unreachable(self, exc: Exception) -> RemoteUnavailableError:
+        return RemoteUnavailableError(f"cannot reach {self.api_base}: {exc}; is the server running there?")
+
+    def get_root(self, path: str) -> dict[str, Any]:
+        """A JSON object from outside /v1 (``/props``), or {} where the server has none."""
+        try:
+            r = self.http.get(self.root + path)
+            body = r.json() if r.status_code == 200 else {}
+        except (self.httpx.HTTPError, ValueError):
+            return {}
+        return body if isinstance(body, dict) else {}
+
+    def count_tokens(self, model: str, text: str) -> int:
+        """Tokens of ``text`` alone: the server's /tokenize (llama-server, vLLM), else usage.prompt_tokens."""
+        with self._lock:
+            if text in self._token_counts:
+                return self._token_counts[text]
+        n = self._tokenize_count(model, text) if self._has_tokenize is not False else None
+        if n is None:
+            if self._bos_count is None:  # what the server adds to every prompt ("a" is one token)
+                self._bos_count = max(0, self._prompt_tokens(model, "a") - 1)
+            n = self._prompt_tokens(model, text) - self._bos_count
+        with self._lock:
+            self._token_counts[text] = n
+        return n
+
+    def _tokenize_count(self, model: str, text: str) -> int | None:
+        # llama-server reads content/add_special, vLLM prompt/add_special_tokens; each ignores the others.
+        body = {
+            "model": model,
+            "content": text,
+            "prompt": text,
+            "add_special": False,
+            "add_special_tokens": False,
+        }
+        try:
+            r = self.http.post(self.root + "/tokenize", json=body)
+            tokens = r.json().get("tokens") if r.status_code == 200 else None
+        except (self.httpx.HTTPError, ValueError, AttributeError):
+            tokens = None
+        self._has_tokenize = isinstance(tokens, list)
+        return len(tokens) if isinstance(tokens, list) else None
+
+    def _prompt_tokens(self, model: str, text: str) -> int:
+        resp = self.post("/completions", {"model": model, "prompt": text, "max_tokens": 1, "temperature": 0})
+        return int((resp.get("usage") or {}).get("prompt_tokens") or 0)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _http_error(status: int, body: Any, model: str | None) -> EdgeReasonError:
+    """An OpenAI-shaped error answer as the EdgeReason error of the same meaning."""
+    err = body.get("error") if isinstance(body, dict) else None
+    err = err if isinstance(err, dict) else {"message": str(err or body)[:300]}
+    msg, param, code = str(err.get("message", "")), err.get("param"), str(err.get("code") or "")
+    if status in (400, 413, 422):
+        return InvalidRequestError(f"the server refused the request: {msg}", param=param)
+    if status == 404 and (code == "model_not_found" or model is not None):
+        return UnknownAdapterError(f"the server does not serve that model or adapter: {msg}")
+    if status in (401, 403):
+        return RemoteError(f"the server refused the API key ({msg}); pass api_key= to load_remote", status)
+    if status == 429:
+        return CapacityError(f"the server is busy: {msg}; retry shortly")
+    if status == 503:
+        return RemoteUnavailableError(f"the server is not ready: {msg}", status)
+    return RemoteError(f"the server failed the request (HTTP {status}): {msg}", status)
+
+
+# -- one generated choice ----------------------------------------------------------------------------------
+@dataclass
+class RemoteOutput:
+    """One choice as it came back, in EdgeReason's channels, with its token texts and log-probs."""
+
+    content: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    finish_reason: FinishReason = "stop"
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    prompt_tokens: int = 0
+    thinking_stopped_by: str | None = None
+    texts: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, parts: list[tuple[Channel, str]], emit: Callable[[Chunk], None] | None, index: int) -> None:
+        for channel, text in parts:
+            (self.reasoning if channel == "reasoning" else self.content).append(text)
+            if emit is not None:
+                emit(Chunk(channel, text, index))
+
+    def add_logprobs(self, entries: Sequence[TokenLogprob]) -> None:
+        self.logprobs.extend(entries)
+        self.texts.extend(e.token for e in entries)
+
+    def to_choice(self, index: int, opts: GenerationOptions, fmt: str = "auto") -> Choice:
+        content, reasoning = "".join(self.content), "".join(self.reasoning)
+        found = final_answer(content, reasoning, fmt)
+        values = [e.logprob for e in self.logprobs]
+        signals = {
+            "answer_confidence": answer_confidence(self.texts, values, found),
+            "think_answer_mismatch": think_answer_mismatch(content, reasoning, fmt),
+        }
+        wanted = opts.logprobs or opts.top_logprobs > 0
+        return Choice(
+            index=index,
+            content=content,
+            reasoning=reasoning,
+            finish_reason=self.finish_reason,
+            completion_tokens=self.completion_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            answer=found.normalized if found else None,
+            thinking_stopped_by=self.thinking_stopped_by,
+            logprobs=[dataclasses.replace(e, top=e.top[: opts.top_logprobs]) for e in self.logprobs]
+            if wanted
+            else None,
+            extra={**signals, **self.extra},
+        )
+
+
+def finish_reason(value: Any) -> FinishReason:
+    return value if value in ("stop", "length", "cancelled", "error") else "stop"
+
+
+def chat_logprobs(lp: Any) -> list[TokenLogprob]:
+    items = lp.get("content") if isinstance(lp, dict) else None
+    return [
+        TokenLogprob(
+            str(e.get("token", "")),
+            float(e.get("logprob", 0.0)),
+            tuple(
+                (str(t.get("token", "")), float(t.get("logprob", 0.0))) for t in e.get("top_logprobs") or ()
+            ),
+        )
+        for e in items or ()
+    ]
+
+
+def completion_logprobs(lp: Any) -> list[TokenLogprob]:
+    if not isinstance(lp, dict) or not lp.get("tokens"):
+        return []
+    tops = lp.get("top_logprobs") or [None] * len(lp["tokens"])
+    return [
+        TokenLogprob(str(t), float(v if v is not None else 0.0), tuple((top or {}).items()))
+        for t, v, top in zip(lp["tokens"], lp.get("token_logprobs") or (), tops)
+    ]
+
+
+def apply_report(out: RemoteOutput, entry: dict[str, Any]) -> None:
+    """What an EdgeReason server reports per choice (exact token counts, why thinking stopped)."""
+    for key in ("completion_tokens", "reasoning_tokens"):
+        if isinstance(entry.get(key), int):
+            setattr(out, key, entry[key])
+    out.thinking_stopped_by = entry.get("thinking_stopped_by", out.thinking_stopped_by)
+    if entry.get("finish_reason") in ("cancelled", "error"):
+        out.finish_reason = entry["finish_reason"]
+    skip = {
+        "index",
+        "thinking_stopped_by",
+        "answer",
+        "reasoning_tokens",
+        "completion_tokens",
+        "finish_reason",
+    }
+    skip |= {"answer_confidence", "think_answer_mismatch"}
+    out.extra.update({k: v for k, v in entry.items() if k not in skip})

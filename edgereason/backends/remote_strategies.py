@@ -1,0 +1,470 @@
+"""The strategies of the remote backend: raw-prompt continuation with exact thinking budgets,
+self-consistency over ``n`` samples in rounds, and the LoRID loop with ``model=<adapter>`` per role.
+
+Each reuses the local strategies' pure parts (stopping rules, tallies, DeepConf confidence, sample
+reports, LoRID prompts) so a remote result carries the same reports as a local one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from ..answers import answer_key
+from ..chat.reasoning import CLOSE_TAG, ChannelSplitter, PromptPlan, State
+from ..errors import InvalidRequestError
+from ..options import GenerationOptions, LoridOptions
+from ..result import ChatResult, Choice, Chunk, FinishReason, Usage
+from ..signals import final_answer
+from ..strategies.budget import CLOSE_TEXT
+from ..strategies.generate import StopMatcher
+from ..strategies.lorid import role_text
+from ..strategies.self_consistency import (
+    DEFAULT_CONFIDENCE_TOP_K,
+    DEFAULT_CONFIDENCE_WINDOW,
+    MISMATCH_WEIGHT,
+    SampleReport,
+)
+from ..strategies.voting import Vote, make_stopping_rule, tally, token_confidence, trace_confidence
+from .remote_http import RemoteOutput, completion_logprobs, finish_reason
+
+if TYPE_CHECKING:
+    from .remote import RemoteEngine, RemoteJob
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROUND = 4  # samples per round under an adaptive stopping rule (ESC rounds are its window)
+MAX_CONTINUATIONS = 16  # raw-prompt requests per choice (thinking, cap, answer)
+
+
+# -- raw-prompt continuation (thinking budgets, text completions) ---------------------------------------------
+def raw_choices(
+    eng: RemoteEngine, job: RemoteJob, plan: PromptPlan, opts: GenerationOptions, model: str
+) -> ChatResult:
+    def one(i: int) -> RemoteOutput:
+        emit = job.emit if job.emit_chunks else None
+        return continue_prompt(
+            eng, plan, opts, model, index=i, emit=emit, seed_offset=i, top_logprobs=opts.top_logprobs
+        )
+
+    outs = _map(eng, one, range(opts.n))
+    return eng.result([o.to_choice(i, opts) for i, o in enumerate(outs)], outs[0].prompt_tokens)
+
+
+def _map(eng: RemoteEngine, fn: Callable[[int], RemoteOutput], indices: Sequence[int]) -> list[RemoteOutput]:
+    if len(indices) == 1:
+        return [fn(indices[0])]
+    with ThreadPoolExecutor(max_workers=min(eng.parallel, len(indices))) as pool:
+        return list(pool.map(fn, indices))
+
+
+def continue_prompt(
+    eng: RemoteEngine,
+    plan: PromptPlan,
+    opts: GenerationOptions,
+    model: str,
+    *,
+    index: int = 0,
+    emit: Callable[[Chunk], None] | None = None,
+    seed_offset: int = 0,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_logprobs: int = 0,
+) -> RemoteOutput:
+    """One choice on /v1/completions: tokens are routed here, so the thinking cap is exact (as local)."""
+    out = RemoteOutput()
+    splitter = ChannelSplitter(starts_in_reasoning=plan.starts_in_reasoning, may_open=plan.may_open)
+    stops = StopMatcher(opts.stop)
+    prompt = plan.text
+    budget = opts.effective_thinking_budget if not plan.thinking_disabled else None
+    if plan.thinking_disabled:
+        out.thinking_stopped_by = "disabled"
+    elif budget == 0:  # closed in the prompt, nothing counted (as the local ThinkingController)
+        text = CLOSE_TEXT if plan.starts_in_reasoning else ("<think>" + CLOSE_TEXT if plan.may_open else "")
+        prompt += text
+        splitter.feed(text)
+        out.thinking_stopped_by = "budget"
+        budget = None
+    sampling = {"seed_offset": seed_offset, "temperature": temperature, "top_p": top_p}
+    cap = reserve = 0
+    if isinstance(budget, int):
+        wrap_n = eng.client.count_tokens(eng.model, "\n" + opts.wrap_up) if opts.wrap_up else 0
+        reserve = wrap_n if 0 < wrap_n <= budget // 2 else 0
+        cap = budget - reserve
+    left = opts.max_tokens  # None: up to the server's limit
+    for _ in range(MAX_CONTINUATIONS):
+        thinking = isinstance(budget, int) and splitter.state is not State.CONTENT
+        by_cap = thinking and (left is None or cap - out.reasoning_tokens < left)
+        limit = cap - out.reasoning_tokens if by_cap else left
+        if limit is not None and limit <= 0:
+            out.finish_reason = "length"
+            break
+        pieces, finish = _completion(eng, prompt, opts, model, limit, sampling, top_logprobs, out)
+        stopped = False
+        for piece in pieces:
+            was = splitter.in_reasoning
+            safe, stopped = stops.feed(piece)
+            out.add(splitter.feed(safe), emit, index)
+            out.completion_tokens += 1
+            if was and splitter.in_reasoning:
+                out.reasoning_tokens += 1
+            if was and not splitter.in_reasoning and out.thinking_stopped_by is None:
+                out.thinking_stopped_by = "model"
+            prompt += piece
+            if stopped:
+                break
+        if left is not None:
+            left -= len(pieces)
+        if stopped or finish == "stop":
+            out.finish_reason = "stop"
+            break
+        if by_cap and splitter.in_reasoning and out.reasoning_tokens >= cap:
+            prompt += _close_thinking(eng, out, splitter, opts, reserve, emit, index)
+            if opts.max_tokens is not None:
+                left = opts.max_tokens - out.completion_tokens
+            continue
+        if by_cap and pieces:
+            continue  # thinking ended inside the capped request: the answer goes on
+        out.finish_reason = "length"
+        break
+    out.add(splitter.feed(stops.flush()) + splitter.flush(), emit, index)
+    if splitter.in_reasoning and out.thinking_stopped_by is None:
+        out.thinking_stopped_by = "model" if out.finish_reason == "stop" else "length"
+    return out
+
+
+def _completion(
+    eng: RemoteEngine,
+    prompt: str,
+    opts: GenerationOptions,
+    model: str,
+    limit: int | None,
+    sampling: dict[str, Any],
+    top_logprobs: int,
+    out: RemoteOutput,
+) -> tuple[list[str], FinishReason]:
+    """One /v1/completions request: the generated token texts (from log-probs) and why it ended."""
+    body = eng.body(opts, model, **sampling)
+    body.pop("max_tokens", None)
+    if limit is not None:
+        body["max_tokens"] = limit
+    body.update(prompt=prompt, logprobs=top_logprobs)
+    resp = eng.client.post("/completions", body)
+    choices = resp.get("choices") or [{}]
+    ch = choices[0]
+    if not out.prompt_tokens:
+        out.prompt_tokens = int((resp.get("usage") or {}).get("prompt_tokens") or 0)
+    entries = completion_logprobs(ch.get("logprobs"))
+    pieces = [e.token for e in entries]
+    text = (ch.get("reasoning_content") or "") + (ch.get("text") or "")
+    if not pieces or "\ufffd" in "".join(pieces):  # no per-token texts, or split UTF-8: one piece
+        entries, pieces = [], ([text] if text else [])
+    out.add_logprobs(entries)
+    return pieces, finish_reason(ch.get("finish_reason"))
+
+
+def _close_thinking(
+    eng: RemoteEngine,
+    out: RemoteOutput,
+    splitter: ChannelSplitter,
+    opts: GenerationOptions,
+    reserve: int,
+    emit: Callable[[Chunk], None] | None,
+    index: int,
+) -> str:
+    """The budget is spent: wrap-up line (when reserved) and the rest of the close tag, counted as local."""
+    added = ""
+    if reserve:
+        wrap = "\n" + opts.wrap_up
+        out.add(splitter.feed(wrap), emit, index)
+        out.completion_tokens += reserve
+        out.reasoning_tokens += reserve
+        added += wrap
+    held = splitter.held
+    closing = CLOSE_TAG[len(held) :] + "\n\n" if held else CLOSE_TEXT
+    out.add(splitter.feed(closing), emit, index)
+    out.completion_tokens += eng.client.count_tokens(eng.model, closing)
+    out.thinking_stopped_by = "budget"
+    return added + closing
+
+
+# -- self-consistency --- ----------------------------------------------------------------------------------------
+def self_consistency(
+    eng: RemoteEngine,
+    job: RemoteJob,
+    msgs: list[dict[str, Any]] | None,
+    plan: PromptPlan | None,
+    opts: GenerationOptions,
+    model: str,
+) -> ChatResult:
+    sc = opts.self_consistency
+    assert sc is not None
+    if opts.n != 1:
+        raise InvalidRequestError("self_consistency returns one voted answer; leave n at 1", param="n")
+    rule = make_stopping_rule(sc.adaptive, sc.threshold, sc.window)
+    size = sc.samples if not sc.adaptive else (sc.window if sc.adaptive == "esc" else DEFAULT_ROUND)
+    deadline = time.monotonic() + sc.time_budget_s if sc.time_budget_s is not None else None
+    finished: list[SampleReport] = []
+    prompt_tokens, stop_rule = 0, None
+    while len(finished) < sc.samples:
+        if job.cancel_requested.is_set() or (deadline is not None and time.monotonic() >= deadline):
+            stop_rule = "cancelled" if job.cancel_requested.is_set() else "time_budget"
+            break
+        first, k = len(finished), min(size, sc.samples - len(finished))
+        outs = _samples(eng, msgs, plan, opts, model, first, k)
+        prompt_tokens = prompt_tokens or outs[0].prompt_tokens
+        for i, out in enumerate(outs):
+            finished.append(_sample_report(first + i, out, opts))
+        if rule.should_stop([r.answer for r in finished], sc.samples) and len(finished) < sc.samples:
+            stop_rule = rule.name
+            break
+    return _vote(eng, job, finished, stop_rule, rule.name, opts, prompt_tokens)
+
+
+def _samples(
+    eng: RemoteEngine,
+    msgs: list[dict[str, Any]] | None,
+    plan: PromptPlan | None,
+    opts: GenerationOptions,
+    model: str,
+    first: int,
+    k: int,
+) -> list[RemoteOutput]:
+    sc = opts.self_consistency
+    assert sc is not None
+    if plan is not None:  # budgets or raw prompts: one continuation per sample
+        return _map(
+            eng,
+            lambda i: continue_prompt(
+                eng,
+                plan,
+                opts,
+                model,
+                seed_offset=i,
+                temperature=sc.temperature,
+                top_p=sc.top_p,
+                top_logprobs=DEFAULT_CONFIDENCE_TOP_K,
+            ),
+            range(first, first + k),
+        )
+    assert msgs is not None
+    split_plan = eng.render(msgs, opts.effective_thinking) if eng.chat_template else None
+
+    def request(offset: int, n: int) -> list[RemoteOutput]:
+        body = eng.body(opts, model, seed_offset=offset, temperature=sc.temperature, top_p=sc.top_p)
+        body.update(
+            messages=msgs,
+            n=n,
+            logprobs=True,
+            top_logprobs=DEFAULT_CONFIDENCE_TOP_K,
+            **eng.thinking_fields(opts),
+        )
+        outs, prompt_tokens = eng.chat_once(body, n, split_plan)
+        for o in outs:
+            o.prompt_tokens = prompt_tokens
+        return outs
+
+    if k > 1 and eng.n_ok:
+        try:
+            return request(first, k)
+        except InvalidRequestError as exc:  # e.g. OpenAI reasoning models or a small server: n=1 only
+            log.info("the server refused n=%d (%s); one request per sample", k, exc)
+            eng.n_ok = False
+    return _map(eng, lambda i: request(i, 1)[0], range(first, first + k))
+
+
+def _sample_report(index: int, out: RemoteOutput, opts: GenerationOptions) -> SampleReport:
+    sc = opts.self_consistency
+    assert sc is not None
+    choice = out.to_choice(index, opts, sc.answer_format)
+    found = final_answer(choice.content, choice.reasoning, sc.answer_format)
+    mismatch = choice.extra["think_answer_mismatch"]
+    key = answer_key(found) if found is not None else None
+    if mismatch is True and sc.mismatch == "drop":
+        key = None
+    confs = [token_confidence([v for _, v in e.top]) for e in out.logprobs if e.top]
+    return SampleReport(
+        index=index,
+        answer=key,
+        tokens=out.completion_tokens,
+        confidence=trace_confidence(confs, DEFAULT_CONFIDENCE_WINDOW),
+        finish_reason=choice.finish_reason,
+        answer_confidence=choice.extra["answer_confidence"],
+        think_answer_mismatch=mismatch,
+        choice=choice,
+    )
+
+
+def _vote(
+    eng: RemoteEngine,
+    job: RemoteJob,
+    finished: list[SampleReport],
+    stop_rule: str | None,
+    rule: str,
+    opts: GenerationOptions,
+    prompt_tokens: int,
+) -> ChatResult:
+    """The same vote and report as SelfConsistencyJob (samples of a round finish together here)."""
+    sc = opts.self_consistency
+    assert sc is not None
+    weighted = sc.strategy == "weighted" or sc.mismatch == "downweight"
+    votes = []
+    for r in finished:
+        weight = r.confidence if sc.strategy == "weighted" else 1.0
+        if r.think_answer_mismatch is True and sc.mismatch == "downweight":
+            weight *= MISMATCH_WEIGHT
+        votes.append(Vote(answer=r.answer, weight=weight, confidence=r.confidence, index=r.index))
+    result = tally(votes, "weighted" if weighted else "majority")
+    pool = [r for r in finished if r.answer == result.winner] if result.winner is not None else finished
+    best = min(pool, key=lambda r: (-r.confidence, r.index)).choice if pool else None
+    if best is None:
+        reason: FinishReason = "length" if opts.max_tokens == 0 else "cancelled"
+        choice = Choice(
+            0, "", "", reason, 0, 0, extra={"answer_confidence": None, "think_answer_mismatch": None}
+        )
+    else:
+        choice = dataclasses.replace(best, index=0)
+        choice.answer = result.winner if result.winner is not None else choice.answer
+    report = {
+        "answer": result.winner,
+        "votes": {a: (int(v) if not weighted else round(v, 4)) for a, v in result.votes.items()},
+        "samples_used": len(finished),
+        "samples_requested": sc.samples,
+        "samples_cancelled": 0,
+        "confidence": result.share,
+        "stopped_early": stop_rule is not None,
+        "stop_rule": stop_rule or rule,
+        "strategy": sc.strategy,
+        "samples": [r.to_dict() for r in finished],
+    }
+    if choice.reasoning:
+        job.emit(Chunk("reasoning", choice.reasoning))
+    if choice.content:
+        job.emit(Chunk("content", choice.content))
+    res = eng.result([r.choice for r in finished], prompt_tokens, {"self_consistency": report})
+    return ChatResult(choices=[choice], usage=res.usage, model=eng.name, extra=res.extra)
+
+
+# -- LoRID ---------------------------------------------------------------------------------------------------
+def lorid(eng: RemoteEngine, job: RemoteJob, question: str, opts: GenerationOptions) -> ChatResult:
+    """The LoRID loop of strategies/lorid.py with each role a request to ``model=<its adapter>``."""
+    lorid = opts.lorid or LoridOptions()
+    if opts.adapter_set:
+        raise InvalidRequestError("LoRID picks adapters by role; drop adapter/adapters", param="adapters")
+    eng.require_adapters(list(lorid.roles.values()))
+    shown: dict[str, str] = {}
+    iters: list[dict[str, Any]] = []
+    outs: list[RemoteOutput] = []
+
+    def run(role: str, text: str, it: int) -> RemoteOutput:
+        offset = 3 * it + ("ir", "kg", "dr").index(role)
+        role_opts = opts.model_copy(update={"strategy": None, "lorid": None})
+        msgs = [{"role": "user", "content": text}]
+        if eng.raw_budget(role_opts):
+            plan = eng.render(msgs, role_opts.effective_thinking)
+            return continue_prompt(
+                eng,
+                plan,
+                role_opts,
+                lorid.roles[role],
+                seed_offset=offset,
+                temperature=lorid.temperature,
+                top_p=lorid.top_p,
+            )
+        body = eng.body(
+            role_opts,
+            lorid.roles[role],
+            seed_offset=offset,
+            temperature=lorid.temperature,
+            top_p=lorid.top_p,
+        )
+        body.update(messages=msgs, n=1, **eng.thinking_fields(role_opts))
+        got, prompt_tokens = eng.chat_once(body, 1)
+        got[0].prompt_tokens = prompt_tokens
+        return got[0]
+
+    def answer(out: RemoteOutput) -> str | None:
+        found = final_answer("".join(out.content), "".join(out.reasoning), lorid.answer_format)
+        if found is None:
+            return None
+        shown.setdefault(answer_key(found), found.normalized)
+        return answer_key(found)
+
+    pick, agreed = None, False
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for it in range(lorid.max_iterations):
+            if job.cancel_requested.is_set():
+                break
+            ir_f = pool.submit(run, "ir", role_text("ir", lorid.prompts["ir"], question), it)
+            kg = run("kg", role_text("kg", lorid.prompts["kg"], question), it)
+            knowledge = "".join(kg.content) if "".join(kg.content).strip() else "".join(kg.reasoning)
+            dr = run("dr", role_text("dr", lorid.prompts["dr"], question, knowledge), it)
+            ir = ir_f.result()
+            outs += [ir, kg, dr]
+            iters.append(
+                {
+                    "ir": ir,
+                    "dr": dr,
+                    "ir_answer": answer(ir),
+                    "dr_answer": answer(dr),
+                    "knowledge": knowledge,
+                }
+            )
+            common = {i["ir_answer"] for i in iters} & {i["dr_answer"] for i in iters} - {None}
+            if common:
+                last = iters[-1]
+                pick = next((a for a in (last["dr_answer"], last["ir_answer"]) if a in common), min(common))
+                agreed = True
+                break
+    if not agreed:
+        counts: dict[str, int] = {}
+        for i in iters:
+            for a in (i["ir_answer"], i["dr_answer"]):
+                if a is not None:
+                    counts[a] = counts.get(a, 0) + 1
+        pick = max(counts, key=lambda a: counts[a]) if counts else None
+    return _lorid_result(eng, iters, outs, pick, agreed, shown)
+
+
+def _lorid_result(
+    eng: RemoteEngine,
+    iters: list[dict[str, Any]],
+    outs: list[RemoteOutput],
+    pick: str | None,
+    agreed: bool,
+    shown: dict[str, str],
+) -> ChatResult:
+    source: RemoteOutput | None = None
+    knowledge = ""
+    for it in reversed(iters):
+        if pick is not None and it["dr_answer"] == pick:
+            source, knowledge = it["dr"], it["knowledge"]
+        elif pick is not None and it["ir_answer"] == pick:
+            source = it["ir"]
+        if source is not None:
+            break
+    if source is None and iters:
+        source, knowledge = iters[-1]["dr"], iters[-1]["knowledge"]
+    choice = Choice(
+        index=0,
+        content="".join(source.content) if source else "",
+        reasoning="".join(source.reasoning) if source else "",
+        finish_reason=source.finish_reason if source else "cancelled",
+        completion_tokens=sum(o.completion_tokens for o in outs),
+        reasoning_tokens=sum(o.reasoning_tokens for o in outs),
+        answer=shown.get(pick) if pick is not None else None,
+    )
+    report = {
+        "iterations": len(iters),
+        "ir_answers": [shown.get(i["ir_answer"]) if i["ir_answer"] else None for i in iters],
+        "dr_answers": [shown.get(i["dr_answer"]) if i["dr_answer"] else None for i in iters],
+        "agreed": agreed,
+        "answer": choice.answer,
+        "knowledge": knowledge,
+    }
+    usage = Usage(sum(o.prompt_tokens for o in outs), choice.completion_tokens, choice.reasoning_tokens)
+    return ChatResult(choices=[choice], usage=usage, model=eng.name, extra={"lorid": report})

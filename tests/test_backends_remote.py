@@ -1,0 +1,229 @@
+"""The remote backend against a real `edgereason serve` process on loopback (a real HTTP hop).
+
+The same model runs in this process (the local engine) and in the server (the remote), so greedy
+results must match exactly, and the strategies driven over HTTP must report what the local ones do.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import edgereason as er
+from edgereason.backends.remote import (
+    RemoteEngine,
+    RemoteError,
+    RemoteUnavailableError,
+    load_remote,
+    parse_remote_url,
+)
+from edgereason.errors import InvalidRequestError, UnknownAdapterError
+
+from .test_server import N_CTX, Server, _start
+
+QUESTIONS = [
+    [{"role": "user", "content": "What is 12 + 7? Answer briefly."}],
+    [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples does he have?"}],
+]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    yield from _start("--max-sequences", "16")
+
+
+@pytest.fixture(scope="module")
+def local(model_path: Path) -> Iterator[er.Engine]:
+    eng = er.load(model_path, n_ctx=N_CTX, max_sequences=16, threads=1)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def remote(server: Server, local: er.Engine) -> Iterator[RemoteEngine]:
+    # edgereason serve does not publish its chat template: pass it for exact client-side budgets.
+    eng = load_remote(
+        f"openai://{server.base.removeprefix('http://')}/default", chat_template=local.chat_template
+    )
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def bare(server: Server) -> Iterator[RemoteEngine]:
+    """Without a template: budgets are left to the server."""
+    eng = load_remote(f"openai://{server.base.removeprefix('http://')}/default")
+    yield eng
+    eng.close()
+
+
+def _same(a: er.ChatResult, b: er.ChatResult) -> None:
+    assert len(a.choices) == len(b.choices)
+    for x, y in zip(a.choices, b.choices):
+        assert (x.content, x.reasoning, x.finish_reason, x.answer) == (
+            y.content,
+            y.reasoning,
+            y.finish_reason,
+            y.answer,
+        )
+        assert (x.completion_tokens, x.reasoning_tokens, x.thinking_stopped_by) == (
+            y.completion_tokens,
+            y.reasoning_tokens,
+            y.thinking_stopped_by,
+        )
+    assert a.usage == b.usage
+
+
+def test_url_parsing() -> None:
+    t = parse_remote_url("openai://127.0.0.1:8000/default")
+    assert (t.api_base, t.model) == ("http://127.0.0.1:8000/v1", "default")
+    t = parse_remote_url("openai+https://gpu.example:443/v1/Qwen/Qwen3-8B")
+    assert (t.api_base, t.model) == ("https://gpu.example:443/v1", "Qwen/Qwen3-8B")
+    for bad in ("http://x:1/m", "openai://x:1/", "openai:///m", "x"):
+        with pytest.raises(InvalidRequestError, match="openai://HOST:PORT/MODEL"):
+            parse_remote_url(bad)
+
+
+def test_dead_port_is_a_clear_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound but not listening: refused
+        t0 = time.monotonic()
+        with pytest.raises(RemoteUnavailableError, match=f"cannot reach http://127.0.0.1:{port}/v1"):
+            load_remote(f"openai://127.0.0.1:{port}/default")
+        assert time.monotonic() - t0 < 5
+    assert issubclass(RemoteUnavailableError, RemoteError) and issubclass(RemoteError, er.EdgeReasonError)
+
+
+def test_greedy_chat_equals_local(remote: RemoteEngine, local: er.Engine) -> None:
+    assert remote.info.format == "remote" and remote.flavor == "edgereason"
+    for q in QUESTIONS:
+        for thinking in (False, True):
+            kw = {"max_tokens": 32, "temperature": 0.0, "thinking": thinking}
+            _same(remote.chat(q, **kw), local.chat(q, **kw))
+
+
+def test_stream_equals_chat(remote: RemoteEngine) -> None:
+    kw = {"max_tokens": 32, "temperature": 0.0, "thinking": True}
+    full = remote.chat(QUESTIONS[0], **kw)
+    stream = remote.stream(QUESTIONS[0], **kw)
+    chunks = list(stream)
+    assert stream.result is not None
+    assert "".join(c.text for c in chunks if c.channel == "reasoning") == full.reasoning
+    assert "".join(c.text for c in chunks if c.channel == "content") == full.content
+    assert len(chunks) > 3  # token by token, not one piece
+    _same(stream.result, full)
+
+
+def test_n_choices_and_logprobs(remote: RemoteEngine, local: er.Engine) -> None:
+    kw = {"max_tokens": 12, "temperature": 0.8, "seed": 5, "n": 3, "logprobs": True, "top_logprobs": 2}
+    r, lo = remote.chat(QUESTIONS[1], **kw), local.chat(QUESTIONS[1], **kw)
+    _same(r, lo)
+    for x, y in zip(r.choices, lo.choices):
+        assert x.logprobs is not None and y.logprobs is not None
+        assert [t.token for t in x.logprobs] == [t.token for t in y.logprobs]
+        assert [t.logprob for t in x.logprobs] == pytest.approx([t.logprob for t in y.logprobs], abs=1e-5)
+        assert x.extra["answer_confidence"] == pytest.approx(y.extra["answer_confidence"], abs=1e-5)
+
+
+def test_raw_completion_equals_local(remote: RemoteEngine, local: er.Engine) -> None:
+    kw = {"max_tokens": 20, "temperature": 0.0}
+    prompt = "Once upon a time, in a small village by the sea,"
+    r, lo = remote.complete(prompt, **kw), local.complete(prompt, **kw)
+    assert (r.content, r.finish_reason, r.choices[0].completion_tokens) == (lo.content, lo.finish_reason, 20)
+    streamed = "".join(c.text for c in remote.stream_completion(prompt, **kw))
+    assert streamed == r.content
+
+
+@pytest.mark.parametrize("budget", [0, 8, 24])
+def test_thinking_budget_caps_reasoning(remote: RemoteEngine, local: er.Engine, budget: int) -> None:
+    kw = {"max_tokens": 64, "temperature": 0.0, "thinking": True, "thinking_budget": budget}
+    r, lo = remote.chat(QUESTIONS[1], **kw), local.chat(QUESTIONS[1], **kw)
+    assert r.choices[0].reasoning_tokens <= budget
+    assert r.thinking_stopped_by == lo.thinking_stopped_by == "budget"
+    assert r.choices[0].reasoning_tokens == lo.choices[0].reasoning_tokens
+    assert r.content  # the model answered after the forced close
+    if budget >= 8:  # the wrap-up line (half the budget at most) and then the model's answer
+        assert r.reasoning.endswith(er.GenerationOptions().wrap_up) == lo.reasoning.endswith(
+            er.GenerationOptions().wrap_up
+        )
+
+
+def test_budget_without_template_is_left_to_the_server(bare: RemoteEngine) -> None:
+    assert bare.chat_template is None
+    res = bare.chat(QUESTIONS[1], max_tokens=64, temperature=0.0, thinking=True, thinking_budget=10)
+    assert res.choices[0].reasoning_tokens <= 10 and res.thinking_stopped_by == "budget"
+    assert res.choices[0].extra["thinking_budget_enforced_by"] == "server"
+
+
+def test_self_consistency_four_samples_vote(remote: RemoteEngine, local: er.Engine) -> None:
+    kw = {"max_tokens": 40, "seed": 11, "self_consistency": 4}
+    r = remote.chat(QUESTIONS[1], **kw)
+    rep = r.extra["self_consistency"]
+    assert rep["samples_used"] == rep["samples_requested"] == 4 and len(rep["samples"]) == 4
+    assert sum(rep["votes"].values()) == sum(1 for s in rep["samples"] if s["answer"] is not None)
+    assert r.answer == rep["answer"]
+    # One request with n=4 forks the samples with seeds seed+i, as the local engine does.
+    lrep = local.chat(QUESTIONS[1], **kw).extra["self_consistency"]
+    by_index = {s["index"]: (s["answer"], s["tokens"]) for s in rep["samples"]}
+    assert by_index == {
+        s["index"]: (s["answer"], s["tokens"]) for s in lrep["samples"]
+    }  # local: finish order
+    assert rep["votes"] == lrep["votes"] and rep["answer"] == lrep["answer"]
+
+
+def test_self_consistency_falls_back_to_one_request_per_sample(server: Server, local: er.Engine) -> None:
+    # 16 samples in one request need 17 sequences: the server (16) refuses n=16, so each goes alone.
+    url = f"openai://{server.base.removeprefix('http://')}/default"
+    with load_remote(url) as eng:
+        r = eng.chat(QUESTIONS[0], max_tokens=6, seed=2, self_consistency=16)
+        assert not eng.n_ok
+    assert r.extra["self_consistency"]["samples_used"] == 16
+
+
+def test_adaptive_stopping_in_rounds(remote: RemoteEngine) -> None:
+    sc = {"samples": 12, "adaptive": "esc", "window": 2, "temperature": 0.0}
+    r = remote.chat(QUESTIONS[0], max_tokens=16, seed=1, self_consistency=sc)
+    rep = r.extra["self_consistency"]
+    # Greedy samples agree, so the first window of 2 is unanimous and sampling stops there.
+    assert rep["samples_used"] == 2 and rep["stopped_early"] and rep["stop_rule"] == "esc"
+
+
+def test_self_consistency_with_budget(remote: RemoteEngine) -> None:
+    kw = {"max_tokens": 48, "seed": 4, "thinking": True, "thinking_budget": 12, "self_consistency": 3}
+    rep = remote.chat(QUESTIONS[1], **kw).extra["self_consistency"]
+    assert rep["samples_used"] == 3
+    assert all(s["confidence"] > 0 for s in rep["samples"])  # DeepConf from the top-20 log-probs
+
+
+def test_request_errors(remote: RemoteEngine) -> None:
+    with pytest.raises(InvalidRequestError, match="parallel sequences"):
+        remote.chat(QUESTIONS[0], n=20, max_tokens=4)  # the server's 400, mapped
+    with pytest.raises(UnknownAdapterError):
+        remote.chat(QUESTIONS[0], adapter="nope", max_tokens=4)
+    with pytest.raises(InvalidRequestError, match="thinking_budget"):
+        remote.chat(QUESTIONS[0], thinking_budget="auto")
+    with pytest.raises(InvalidRequestError, match="temperature"):
+        remote.chat(QUESTIONS[0], temperature=-1)  # validated here, before any request
+
+
+def test_leaving_a_stream_early(remote: RemoteEngine) -> None:
+    stream = remote.stream(QUESTIONS[1], max_tokens=200, temperature=0.0)
+    for _ in stream:
+        break
+    res = remote.chat(QUESTIONS[0], max_tokens=8, temperature=0.0)  # the engine goes on serving
+    assert res.choices[0].completion_tokens > 0
+
+
+def test_load_dispatches_openai_urls(server: Server) -> None:
+    import inspect
+
+    if "openai" not in inspect.getsource(er.load):
+        pytest.skip("er.load does not select backends by URL yet")
+    with er.load(f"openai://{server.base.removeprefix('http://')}/default") as eng:  # type: ignore[attr-defined]
+        assert eng.info.format == "remote"
+        assert eng.chat(QUESTIONS[0], max_tokens=4, temperature=0.0).choices[0].completion_tokens > 0
