@@ -1,4 +1,4 @@
-"""Conversion toolkit: Hugging Face checkpoints to GGUF, parity checks, tiny test checkpoints.
+"""Conversion toolkit: checkpoints to GGUF, MLX and ONNX (``convert``), parity checks, tiny test checkpoints.
 
 The only part of EdgeReason that needs the training stack (``pip install 'edgereason[convert]'``).
 Names are resolved lazily so importing this package stays cheap until a function is used.
@@ -11,12 +11,28 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .gguf_export import hf_to_gguf
+    from .manifest import manifest_path_for, read_manifest
     from .parity import logits_parity
+    from .pipeline import ConvertResult, convert
     from .tiny import embedded_gguf_path, make_tiny_checkpoint, qwen_tokenizer_dir
 
-__all__ = ["embedded_gguf_path", "hf_to_gguf", "logits_parity", "make_tiny_checkpoint", "qwen_tokenizer_dir"]
+__all__ = [
+    "ConvertResult",
+    "convert",
+    "embedded_gguf_path",
+    "hf_to_gguf",
+    "logits_parity",
+    "make_tiny_checkpoint",
+    "manifest_path_for",
+    "qwen_tokenizer_dir",
+    "read_manifest",
+]
 
 _HOMES = {
+    "convert": "pipeline",
+    "ConvertResult": "pipeline",
+    "manifest_path_for": "manifest",
+    "read_manifest": "manifest",
     "hf_to_gguf": "gguf_export",
     "logits_parity": "parity",
     "make_tiny_checkpoint": "tiny",

@@ -343,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
+    from .convert_cmd import add_convert_parser
+
+    add_convert_parser(sub)
+
     from ..bench import add_bench_parser
 
     add_bench_parser(sub, add_model_flags)
