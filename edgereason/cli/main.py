@@ -354,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ..app.command import add_app_parser
 
     add_app_parser(sub, add_model_flags, load_engine)
+
+    from .eval_cmd import add_eval_parser
+
+    add_eval_parser(sub, add_model_flags, add_adapter_flags)
     return parser
 
 

@@ -1,0 +1,190 @@
+"""``edgereason eval``: run strategies over a data set and write results, a summary and plots;
+``edgereason eval --compare D1 D2`` prints two runs side by side."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import EdgeReasonError, InvalidRequestError, MissingExtraError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_SEQUENCES = 16
+PROMPT_ROOM = 384  # context tokens kept for the rendered prompt
+
+
+def _strategy(value: str) -> Any:
+    from ..eval.specs import parse_strategy
+
+    try:
+        return parse_strategy(value)
+    except InvalidRequestError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_eval_parser(
+    sub: Any,
+    add_model_flags: Callable[[argparse.ArgumentParser], None],
+    add_adapter_flags: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    from ..eval.specs import DEFAULT_ANSWER_TOKENS, DEFAULT_MAX_THINK, STRATEGY_HELP
+
+    p = sub.add_parser(
+        "eval", help="measure strategies (greedy, budgets, self-consistency, LoRID) on a data set"
+    )
+    p.add_argument("--data", default="arith", help="'arith' (built-in, seeded) or a JSONL file")
+    p.add_argument("--split", choices=["train", "dev", "test"], default="test", help="arith split")
+    p.add_argument("--limit", type=int, default=None, help="first N items (arith default: 300)")
+    p.add_argument(
+        "--strategy",
+        action="append",
+        type=_strategy,
+        default=None,
+        metavar="S",
+        help=f"{STRATEGY_HELP} (repeatable)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="output directory (results.jsonl, summary.json, PNGs)"
+    )
+    p.add_argument(
+        "--compare", nargs=2, type=Path, metavar=("DIR1", "DIR2"), help="print two runs side by side"
+    )
+    p.add_argument("--max-think", type=int, default=DEFAULT_MAX_THINK, help="reasoning tokens when uncapped")
+    p.add_argument("--answer-tokens", type=int, default=DEFAULT_ANSWER_TOKENS, help="tokens after thinking")
+    p.add_argument(
+        "--thinking", choices=["on", "off", "auto"], default="on", help="thinking mode of every request"
+    )
+    p.add_argument("--prompt", default=None, help="user-turn template containing {question}")
+    p.add_argument(
+        "--use-adapter",
+        default=None,
+        metavar="NAME",
+        help="evaluate with this loaded adapter (every strategy but lorid)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="base seed (data and sampling)")
+    p.add_argument("--max-sequences", type=int, default=DEFAULT_MAX_SEQUENCES, help="engine sequence slots")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_model_flags(p)
+    add_adapter_flags(p)
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.compare:
+        return _compare(args.compare)
+    if not args.strategy or args.out is None:
+        raise InvalidRequestError(
+            "eval needs --strategy S (repeatable) and --out DIR, or --compare DIR1 DIR2"
+        )
+    labels = [s.label for s in args.strategy]
+    if len(set(labels)) != len(labels):
+        raise InvalidRequestError(f"a strategy is listed twice: {', '.join(labels)}", param="strategy")
+    return _evaluate(args)
+
+
+def _compare(dirs: list[Path]) -> int:
+    from ..eval.summary import compare_table, load_summary
+
+    a, b = (load_summary(d) for d in dirs)
+    print(compare_table(a, b, dirs[0].name or str(dirs[0]), dirs[1].name or str(dirs[1])))
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from ..eval.specs import DEFAULT_PROMPT, EvalSettings
+
+    modes: dict[str, bool | Literal["auto"]] = {"on": True, "off": False, "auto": "auto"}
+    thinking = modes[args.thinking]
+    return EvalSettings(
+        max_think=args.max_think,
+        answer_tokens=args.answer_tokens,
+        thinking=thinking,
+        prompt=args.prompt or DEFAULT_PROMPT,
+        seed=args.seed,
+        adapter=args.use_adapter,
+    )
+
+
+def _load_engine(args: argparse.Namespace, settings: Any) -> Any:
+    import edgereason as er
+
+    from ..adapters import parse_adapter_spec
+
+    template = None
+    if args.chat_template:
+        try:
+            template = Path(args.chat_template).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise EdgeReasonError(f"cannot read chat template {args.chat_template}: {exc.strerror}") from None
+    specs = [parse_adapter_spec(text) for text in args.adapter or ()]
+    # LoRID's deep reasoner reads the knowledge generator's output in its prompt.
+    room = settings.max_tokens * (2 if any(s.kind == "lorid" for s in args.strategy) else 1) + PROMPT_ROOM
+    return er.load(
+        args.model,
+        n_ctx=args.n_ctx or -(-room // 64) * 64,
+        threads=args.threads,
+        max_sequences=args.max_sequences,
+        chat_template=template,
+        reasoning_format=args.reasoning_format,
+        adapters={s.name: s.path for s in specs} or None,
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .. import __version__
+    from ..eval.data import load_items
+    from ..eval.plots import write_plots
+    from ..eval.progress import make_progress, no_progress
+    from ..eval.runner import check_strategy, run_strategy
+    from ..eval.summary import summarize, write_run
+
+    settings = _settings(args)
+    items = load_items(args.data, split=args.split, limit=args.limit, seed=args.seed)
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    runs = []
+    with _load_engine(args, settings) as engine:
+        for spec in args.strategy:
+            check_strategy(engine, spec, settings)
+        meta = {
+            "model": str(args.model or "default"),
+            "engine_model": engine.name,
+            "adapters": engine.adapter_names,
+            "data": args.data,
+            "split": args.split if args.data == "arith" else None,
+            "items": len(items),
+            "settings": settings.describe(),
+            "max_sequences": args.max_sequences,
+            "started": started,
+            "edgereason": __version__,
+        }
+        for spec in args.strategy:
+            run = run_strategy(engine, items, spec, settings, no_progress if args.quiet else make_progress)
+            runs.append(run)
+            write_run(args.out, runs, summarize(runs, meta))  # a long run keeps what it has finished
+            _print_row(spec.label, summarize(runs, meta)["strategies"][spec.label])
+    summary = summarize(runs, meta)
+    results, summary_path = write_run(args.out, runs, summary)
+    print(f"wrote {results} and {summary_path}")
+    if not args.no_plots:
+        try:
+            for png in write_plots(summary, args.out):
+                print(f"wrote {png}")
+        except MissingExtraError as exc:
+            log.warning("no plots: %s", exc)
+    return 0
+
+
+def _print_row(label: str, row: dict[str, Any]) -> None:
+    lo, hi = row["ci95"]
+    print(
+        f"{label:>14}: accuracy {100 * row['accuracy']:5.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]  "
+        f"tokens {row['mean_tokens']:7.1f} (reasoning {row['mean_reasoning_tokens']:.1f})  "
+        f"samples {row['mean_samples']:5.2f}  wall {row['wall_s']:.1f} s"
+        + (f"  errors {row['errors']}" if row["errors"] else "")
+    )

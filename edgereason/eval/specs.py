@@ -1,0 +1,136 @@
+"""Evaluation strategies (``greedy``, ``budget:N``, ``budget:auto``, ``sc:N``, ``sc:adaptive``, ``lorid``)
+and the request fields each one sends to the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..errors import InvalidRequestError
+from ..options import DEFAULT_MAX_SAMPLES
+
+StrategyKind = Literal["greedy", "budget", "sc", "lorid"]
+DEFAULT_ADAPTIVE_MAX = 16  # sc:adaptive samples at most this many
+DEFAULT_MAX_THINK = 256
+DEFAULT_ANSWER_TOKENS = 64
+DEFAULT_PROMPT = "{question}"
+# Item i is seeded with seed + i * SEED_STRIDE; samples and LoRID roles add small offsets to that.
+SEED_STRIDE = 1000
+STRATEGY_HELP = "greedy | budget:N | budget:auto | sc:N | sc:adaptive[:MAX] | lorid"
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """One strategy to evaluate. ``samples`` is the most samples for ``sc`` (fixed or adaptive)."""
+
+    kind: StrategyKind
+    budget: int | Literal["auto"] | None = None
+    samples: int = 1
+    adaptive: bool = False
+
+    @property
+    def label(self) -> str:
+        if self.kind == "budget":
+            return f"budget:{self.budget}"
+        if self.kind == "sc" and self.adaptive:
+            return "sc:adaptive" if self.samples == DEFAULT_ADAPTIVE_MAX else f"sc:adaptive:{self.samples}"
+        if self.kind == "sc":
+            return f"sc:{self.samples}"
+        return self.kind
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "budget": self.budget, "samples": self.samples, "adaptive": self.adaptive}
+
+
+def _positive(text: str, what: str, spec: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0 or (value == 0 and what == "samples"):
+        raise InvalidRequestError(
+            f"strategy {spec!r}: {what} must be a whole number, got {text!r}", "strategy"
+        )
+    if what == "samples" and value > DEFAULT_MAX_SAMPLES:
+        raise InvalidRequestError(f"strategy {spec!r}: at most {DEFAULT_MAX_SAMPLES} samples", "strategy")
+    return value
+
+
+def parse_strategy(text: str) -> StrategySpec:
+    """Parse one strategy spec; InvalidRequestError names the accepted forms."""
+    parts = text.strip().lower().split(":")
+    head, args = parts[0], parts[1:]
+    if head in ("greedy", "lorid") and not args:
+        return StrategySpec(head)  # type: ignore[arg-type]
+    if head == "budget" and len(args) == 1:
+        if args[0] == "auto":
+            return StrategySpec("budget", budget="auto")
+        return StrategySpec("budget", budget=_positive(args[0], "budget", text))
+    if head == "sc" and len(args) == 1 and args[0] != "adaptive":
+        return StrategySpec("sc", samples=_positive(args[0], "samples", text))
+    if head == "sc" and args and args[0] == "adaptive" and len(args) <= 2:
+        most = _positive(args[1], "samples", text) if len(args) == 2 else DEFAULT_ADAPTIVE_MAX
+        return StrategySpec("sc", samples=most, adaptive=True)
+    raise InvalidRequestError(f"unknown strategy {text!r}; use {STRATEGY_HELP}", param="strategy")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What every strategy shares: token room, thinking mode, prompt template, base seed.
+
+    Uncapped strategies (greedy, sc, lorid) get ``max_think + answer_tokens`` tokens; ``budget:N``
+    gets ``N + answer_tokens``; ``budget:auto`` exits early within ``max_think``.
+    """
+
+    max_think: int = DEFAULT_MAX_THINK
+    answer_tokens: int = DEFAULT_ANSWER_TOKENS
+    thinking: bool | Literal["auto"] = True
+    prompt: str = DEFAULT_PROMPT  # "{question}" is replaced by the item's question
+    seed: int = 0
+    adapter: str | None = None  # a loaded LoRA adapter for every strategy but lorid (which picks by role)
+
+    def __post_init__(self) -> None:
+        if self.max_think < 0 or self.answer_tokens < 1:
+            raise InvalidRequestError("max_think must be >= 0 and answer_tokens >= 1", param="max_tokens")
+        if "{question}" not in self.prompt:
+            raise InvalidRequestError("the prompt template must contain {question}", param="prompt")
+
+    @property
+    def max_tokens(self) -> int:
+        return self.max_think + self.answer_tokens
+
+    def user_text(self, question: str) -> str:
+        return self.prompt.replace("{question}", question)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "max_think": self.max_think,
+            "answer_tokens": self.answer_tokens,
+            "thinking": self.thinking,
+            "prompt": self.prompt,
+            "seed": self.seed,
+            "adapter": self.adapter,
+        }
+
+
+def request_fields(spec: StrategySpec, settings: EvalSettings, index: int) -> dict[str, Any]:
+    """GenerationOptions fields for item ``index``; each item gets its own block of seeds."""
+    fields: dict[str, Any] = {
+        "thinking": settings.thinking,
+        "seed": (settings.seed + index * SEED_STRIDE) % 2**32,
+        "max_tokens": settings.max_tokens,
+        "temperature": 0.0,
+    }
+    if spec.kind == "budget":
+        fields["thinking_budget"] = spec.budget
+        if spec.budget == "auto":
+            fields["auto_budget_cap"] = max(1, settings.max_think)
+        else:
+            fields["max_tokens"] = int(spec.budget or 0) + settings.answer_tokens
+    elif spec.kind == "sc":
+        fields["self_consistency"] = {"samples": spec.samples, "adaptive": "beta" if spec.adaptive else False}
+    elif spec.kind == "lorid":
+        fields["strategy"] = "lorid"
+    if settings.adapter is not None and spec.kind != "lorid":
+        fields["adapter"] = settings.adapter
+    return fields

@@ -1,0 +1,148 @@
+"""Per-strategy summaries (accuracy with a 95% Wilson interval, tokens, samples, wall time), the run's
+files (``results.jsonl``, ``summary.json``) and side-by-side comparison of two runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidRequestError
+from .runner import ItemRecord, StrategyRun
+
+Z95 = 1.959963984540054
+RESULTS_FILE = "results.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval for ``k`` successes in ``n`` trials (0, 1 when n is 0)."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return round(sum(values) / len(values), 3) if values else 0.0
+
+
+def summarize_records(records: Sequence[ItemRecord], wall_s: float | None = None) -> dict[str, Any]:
+    """One strategy's numbers; errors count as wrong answers but not in the token/sample means."""
+    n = len(records)
+    k = sum(r.correct for r in records)
+    ok = [r for r in records if r.error is None]
+    lo, hi = wilson_interval(k, n)
+    by_difficulty: dict[str, dict[str, Any]] = {}
+    for level in sorted({r.difficulty for r in records if r.difficulty is not None}):
+        group = [r for r in records if r.difficulty == level]
+        hits = sum(r.correct for r in group)
+        by_difficulty[level] = {"n": len(group), "accuracy": round(hits / len(group), 4)}
+    return {
+        "n": n,
+        "correct": k,
+        "accuracy": round(k / n, 4) if n else 0.0,
+        "ci95": [round(lo, 4), round(hi, 4)],
+        "mean_reasoning_tokens": _mean([r.reasoning_tokens for r in ok]),
+        "mean_answer_tokens": _mean([r.answer_tokens for r in ok]),
+        "mean_tokens": _mean([r.reasoning_tokens + r.answer_tokens for r in ok]),
+        "mean_samples": _mean([r.samples for r in ok]),
+        "wall_s": round(wall_s if wall_s is not None else sum(r.wall_s for r in records), 2),
+        "mean_item_wall_s": _mean([r.wall_s for r in records]),
+        "errors": n - len(ok),
+        "abstained": sum(r.answer is None and r.error is None for r in records),
+        "stopped_by": dict(Counter(str(r.thinking_stopped_by) for r in ok)),
+        "by_difficulty": by_difficulty,
+    }
+
+
+def summarize(runs: Sequence[StrategyRun], meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``summary.json`` object: ``meta`` and one entry per strategy, in run order."""
+    strategies = {}
+    for run in runs:
+        strategies[run.spec.label] = {
+            **run.spec.describe(),
+            **summarize_records(run.records, run.wall_s),
+            "concurrency": run.concurrency,
+        }
+    return {"meta": meta or {}, "strategies": strategies}
+
+
+def write_run(out: Path, runs: Sequence[StrategyRun], summary: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``results.jsonl`` (one record per line, strategies in order) and ``summary.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    results, summary_path = out / RESULTS_FILE, out / SUMMARY_FILE
+    with results.open("w", encoding="utf-8") as fh:
+        for run in runs:
+            for r in run.records:
+                fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+    summary_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return results, summary_path
+
+
+def load_summary(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / SUMMARY_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidRequestError(f"{path} not found: is {run_dir} an 'edgereason eval' output?") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(f"{path} is not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("strategies"), dict):
+        raise InvalidRequestError(f"{path} has no 'strategies' table")
+    return data
+
+
+def load_records(run_dir: Path) -> list[ItemRecord]:
+    path = run_dir / RESULTS_FILE
+    if not path.is_file():
+        raise InvalidRequestError(f"{path} not found: is {run_dir} an 'edgereason eval' output?")
+    with path.open(encoding="utf-8") as fh:
+        return [ItemRecord.from_dict(json.loads(line)) for line in fh if line.strip()]
+
+
+def _cell(row: dict[str, Any] | None) -> list[str]:
+    if row is None:
+        return ["-", "-", "-"]
+    lo, hi = row["ci95"]
+    return [
+        f"{100 * row['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]",
+        f"{row['mean_tokens']:.1f}",
+        f"{row['mean_samples']:.2f}",
+    ]
+
+
+def compare_table(a: dict[str, Any], b: dict[str, Any], name_a: str = "A", name_b: str = "B") -> str:
+    """Two summaries side by side: accuracy % [95% CI], mean tokens, mean samples, accuracy delta."""
+    sa, sb = a["strategies"], b["strategies"]
+    labels = [*sa, *(s for s in sb if s not in sa)]
+    header = [
+        "strategy",
+        f"{name_a} acc% [95% CI]",
+        f"{name_a} tokens",
+        f"{name_a} samples",
+        f"{name_b} acc% [95% CI]",
+        f"{name_b} tokens",
+        f"{name_b} samples",
+        "delta acc",
+    ]
+    rows = [header]
+    for label in labels:
+        ra, rb = sa.get(label), sb.get(label)
+        delta = f"{100 * (rb['accuracy'] - ra['accuracy']):+.1f}" if ra and rb else "-"
+        rows.append([label, *_cell(ra), *_cell(rb), delta])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,406 @@
+"""The eval harness: strategy specs, data loading, arith splits, summaries with Wilson intervals,
+run comparison, plots, and one end-to-end `edgereason eval` on the embedded model."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import edgereason as er
+from edgereason.answers import answers_equal
+from edgereason.errors import InvalidRequestError
+from edgereason.eval import (
+    EvalSettings,
+    ItemRecord,
+    StrategySpec,
+    compare_table,
+    load_items,
+    load_records,
+    load_summary,
+    parse_strategy,
+    request_fields,
+    run_strategy,
+    summarize,
+    wilson_interval,
+    write_run,
+)
+from edgereason.eval.data import EvalItem
+from edgereason.eval.plots import write_plots
+from edgereason.eval.progress import CounterProgress, no_progress
+from edgereason.eval.runner import StrategyRun, check_strategy, concurrency_for
+from edgereason.eval.summary import summarize_records
+from edgereason.evaldata import DIFFICULTY, arith_problems, split_of
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# -- strategy specs ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "spec"),
+    [
+        ("greedy", StrategySpec("greedy")),
+        ("budget:16", StrategySpec("budget", budget=16)),
+        ("budget:0", StrategySpec("budget", budget=0)),
+        ("budget:auto", StrategySpec("budget", budget="auto")),
+        ("sc:8", StrategySpec("sc", samples=8)),
+        ("sc:adaptive", StrategySpec("sc", samples=16, adaptive=True)),
+        ("sc:adaptive:32", StrategySpec("sc", samples=32, adaptive=True)),
+        ("lorid", StrategySpec("lorid")),
+        (" SC:4 ", StrategySpec("sc", samples=4)),
+    ],
+)
+def test_parse_strategy(text: str, spec: StrategySpec) -> None:
+    assert parse_strategy(text) == spec
+    assert parse_strategy(spec.label) == spec  # labels parse back to the same spec
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "beam", "greedy:1", "budget", "budget:-1", "budget:x", "sc:0", "sc:65", "sc:adaptive:0", "sc:1:2"],
+)
+def test_parse_strategy_rejects(text: str) -> None:
+    with pytest.raises(InvalidRequestError) as err:
+        parse_strategy(text)
+    assert err.value.param == "strategy"
+
+
+def test_request_fields_per_strategy() -> None:
+    s = EvalSettings(max_think=100, answer_tokens=20, seed=5)
+    greedy = request_fields(parse_strategy("greedy"), s, 0)
+    assert greedy["max_tokens"] == 120 and greedy["temperature"] == 0.0 and greedy["thinking"] is True
+    assert "thinking_budget" not in greedy
+    b16 = request_fields(parse_strategy("budget:16"), s, 0)
+    assert b16["thinking_budget"] == 16 and b16["max_tokens"] == 36
+    auto = request_fields(parse_strategy("budget:auto"), s, 0)
+    assert auto["thinking_budget"] == "auto" and auto["auto_budget_cap"] == 100 and auto["max_tokens"] == 120
+    sc = request_fields(parse_strategy("sc:adaptive"), s, 0)
+    assert sc["self_consistency"] == {"samples": 16, "adaptive": "beta"}
+    assert request_fields(parse_strategy("lorid"), s, 0)["strategy"] == "lorid"
+    seeds = {request_fields(parse_strategy("sc:8"), s, i)["seed"] for i in range(50)}
+    assert len(seeds) == 50
+    for text in ("greedy", "budget:16", "budget:auto", "sc:8", "sc:adaptive", "lorid"):
+        er.GenerationOptions.build(None, request_fields(parse_strategy(text), s, 3))  # all valid options
+    with_adapter = EvalSettings(adapter="student")
+    assert request_fields(parse_strategy("greedy"), with_adapter, 0)["adapter"] == "student"
+    assert "adapter" not in request_fields(parse_strategy("lorid"), with_adapter, 0)
+
+
+def test_settings_validate() -> None:
+    with pytest.raises(InvalidRequestError):
+        EvalSettings(prompt="no placeholder")
+    with pytest.raises(InvalidRequestError):
+        EvalSettings(answer_tokens=0)
+    assert EvalSettings(prompt="Q: {question}\nA:").user_text("2+2?") == "Q: 2+2?\nA:"
+
+
+# -- the arith generator -------------------------------------------------------------------------
+def _evaluate(working: tuple[str, ...]) -> int:
+    value = None
+    for line in working:
+        lhs, rhs = line.split(" = ")
+        a, op, b = lhs.split()
+        assert value is None or int(a) == value  # each step starts from the previous result
+        value = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+        assert value == int(rhs)
+    assert value is not None
+    return value
+
+
+def test_arith_is_deterministic_multistep_and_exact() -> None:
+    problems = arith_problems(300, seed=0, split="test")
+    assert problems == arith_problems(300, seed=0, split="test")
+    assert problems[:50] == arith_problems(50, seed=0, split="test")  # a longer list extends a shorter one
+    assert problems != arith_problems(300, seed=1, split="test")
+    assert len({p.question for p in problems}) == 300
+    for p in problems:
+        assert 2 <= p.steps <= 4 and len(p.working) == p.steps and p.difficulty == DIFFICULTY[p.steps]
+        assert set(p.kind.split("-")) <= {"add", "sub", "mul"} and len(p.kind.split("-")) == p.steps
+        assert _evaluate(p.working) == int(p.answer) and int(p.answer) >= 0
+        assert split_of(p.question) == "test"
+    kinds = {op for p in problems for op in p.kind.split("-")}
+    assert kinds == {"add", "sub", "mul"} and {p.difficulty for p in problems} == set(DIFFICULTY.values())
+
+
+def test_arith_splits_are_disjoint_for_any_seeds() -> None:
+    test = {p.question for p in arith_problems(300, seed=0, split="test")}
+    dev = {p.question for p in arith_problems(300, seed=0, split="dev")}
+    for seed in (0, 1, 7):
+        train = {p.question for p in arith_problems(3000, seed=seed, split="train")}
+        assert not train & test and not train & dev
+    assert not dev & test
+
+
+def test_arith_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        arith_problems(-1)
+    with pytest.raises(ValueError):
+        arith_problems(3, split="validation")  # type: ignore[arg-type]
+
+
+# -- data loading --------------------------------------------------------------------------------
+def test_load_arith_items() -> None:
+    items = load_items("arith", split="test", limit=5)
+    assert [i.id for i in items] == [f"arith-test-{k}" for k in range(5)]
+    assert [i.question for i in items] == [p.question for p in arith_problems(5, split="test")]
+    assert all(i.difficulty in DIFFICULTY.values() for i in items)
+    assert len(load_items("arith", split="train")) == 300  # the default size
+    with pytest.raises(InvalidRequestError):
+        load_items("arith", split="validation")
+    with pytest.raises(InvalidRequestError):
+        load_items("arith", limit=0)
+
+
+def test_load_jsonl_gsm8k_and_math_answers(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.jsonl"
+    rows: list[dict[str, Any]] = [
+        {"question": "Janet has 3 ducks...", "answer": "She has 3 + 1,230 = 1,233 ducks.\n#### 1,233"},
+        {"problem": "Simplify 2/4.", "solution": "We get $\\boxed{\\frac{1}{2}}$.", "level": "Level 2"},
+        {"question": "How many?", "answer": 42, "id": "q3"},
+        {"question": "What percent?", "answer": "\\boxed{12\\%}"},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    items = load_items(str(path))
+    assert [i.gold for i in items] == ["1233", "1/2", "42", "12%"]
+    assert items[1].question == "Simplify 2/4." and items[1].difficulty == "Level 2"
+    assert items[2].id == "q3" and items[0].id == "mixed-1"
+    assert answers_equal("0.5", items[1].gold) and answers_equal("1233", items[0].gold)
+    assert len(load_items(str(path), limit=2)) == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ('{"question": "q", "answer": "1"}\nnot json\n', ":2: not valid JSON"),
+        ('{"answer": "1"}\n', ":1: no question"),
+        ('{"question": "q"}\n', ":1: no answer"),
+        ('["q", "1"]\n', "JSON object"),
+        ("\n\n", "has no items"),
+    ],
+)
+def test_load_jsonl_errors_name_the_line(tmp_path: Path, content: str, needle: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(InvalidRequestError, match=needle):
+        load_items(str(path))
+
+
+def test_load_missing_file() -> None:
+    with pytest.raises(InvalidRequestError, match="not found"):
+        load_items("/nonexistent/data.jsonl")
+
+
+# -- summaries -----------------------------------------------------------------------------------
+def test_wilson_interval_matches_scipy() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    for k, n in [(0, 4), (4, 4), (1, 10), (150, 300), (299, 300), (37, 80)]:
+        ref = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        lo, hi = wilson_interval(k, n)
+        assert lo == pytest.approx(ref.low, abs=1e-9) and hi == pytest.approx(ref.high, abs=1e-9)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(5, 4)
+
+
+def _rec(strategy: str, i: int, correct: bool, **kw: Any) -> ItemRecord:
+    base: dict[str, Any] = {
+        "strategy": strategy,
+        "id": f"q{i}",
+        "question": f"question {i}",
+        "gold": str(i),
+        "answer": str(i) if correct else "-1",
+        "correct": correct,
+        "reasoning_tokens": 10 * i,
+        "answer_tokens": 5,
+        "samples": 1,
+        "wall_s": 0.5,
+        "thinking_stopped_by": "model",
+        "finish_reason": "stop",
+        "difficulty": "easy" if i % 2 else "hard",
+    }
+    return ItemRecord(**{**base, **kw})
+
+
+def _runs() -> list[StrategyRun]:
+    greedy = [_rec("greedy", i, i < 3) for i in range(4)]
+    sc = [_rec("sc:4", i, i < 2, samples=4, reasoning_tokens=40) for i in range(3)]
+    sc.append(
+        _rec(
+            "sc:4",
+            3,
+            False,
+            answer=None,
+            samples=0,
+            reasoning_tokens=0,
+            answer_tokens=0,
+            error="ContextOverflowError: too long",
+            thinking_stopped_by=None,
+            finish_reason="error",
+        )
+    )
+    return [
+        StrategyRun(parse_strategy("greedy"), greedy, wall_s=3.0, concurrency=16),
+        StrategyRun(parse_strategy("sc:4"), sc, wall_s=6.0, concurrency=3),
+    ]
+
+
+def test_summarize_records() -> None:
+    greedy, sc = (run.records for run in _runs())
+    s = summarize_records(greedy, wall_s=3.0)
+    assert s["n"] == 4 and s["correct"] == 3 and s["accuracy"] == 0.75
+    assert s["ci95"] == [round(x, 4) for x in wilson_interval(3, 4)]
+    assert s["mean_reasoning_tokens"] == 15.0 and s["mean_answer_tokens"] == 5.0 and s["mean_tokens"] == 20.0
+    assert s["mean_samples"] == 1.0 and s["wall_s"] == 3.0 and s["mean_item_wall_s"] == 0.5
+    assert s["stopped_by"] == {"model": 4} and s["errors"] == 0
+    assert s["by_difficulty"] == {"easy": {"n": 2, "accuracy": 0.5}, "hard": {"n": 2, "accuracy": 1.0}}
+    e = summarize_records(sc)
+    # The failed item counts as wrong but stays out of the token and sample means.
+    assert e["accuracy"] == 0.5 and e["errors"] == 1 and e["mean_samples"] == 4.0
+    assert e["mean_reasoning_tokens"] == 40.0 and e["abstained"] == 0
+
+
+def test_summary_files_round_trip_and_compare(tmp_path: Path) -> None:
+    runs = _runs()
+    summary = summarize(runs, {"model": "m"})
+    assert list(summary["strategies"]) == ["greedy", "sc:4"]
+    assert summary["strategies"]["sc:4"]["kind"] == "sc" and summary["strategies"]["sc:4"]["concurrency"] == 3
+    results, summary_path = write_run(tmp_path / "a", runs, summary)
+    assert load_summary(tmp_path / "a") == json.loads(summary_path.read_text())
+    assert load_records(tmp_path / "a") == [r for run in runs for r in run.records]
+    assert len(results.read_text().splitlines()) == 8
+
+    other = summarize(
+        [StrategyRun(parse_strategy("greedy"), [_rec("greedy", i, True) for i in range(4)], 1.0, 16)]
+    )
+    write_run(tmp_path / "b", runs[:1], other)
+    table = compare_table(summary, other, "a", "b")
+    lines = table.splitlines()
+    assert lines[0].split()[:2] == ["strategy", "a"] and set(lines[1]) <= {"-", " "}
+    greedy_row = next(line for line in lines if line.startswith("greedy"))
+    assert "75.0 [30.1, 95.4]" in greedy_row and "100.0 [51.0, 100.0]" in greedy_row
+    assert greedy_row.rstrip().endswith("+25.0")
+    sc_row = next(line for line in lines if line.startswith("sc:4"))
+    assert sc_row.split()[-1] == "-"  # only in the first run
+
+    with pytest.raises(InvalidRequestError, match="not found"):
+        load_summary(tmp_path / "missing")
+
+
+def test_plots_are_png_files(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    runs = [
+        *_runs(),
+        StrategyRun(parse_strategy("budget:16"), [_rec("budget:16", i, i < 1) for i in range(4)], 1.0, 16),
+        StrategyRun(
+            parse_strategy("sc:adaptive"), [_rec("sc:adaptive", i, i < 2, samples=3) for i in range(4)], 1, 5
+        ),
+    ]
+    paths = write_plots(summarize(runs), tmp_path)
+    assert [p.name for p in paths] == ["budgets.png", "self_consistency.png", "strategies.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == PNG_MAGIC and p.stat().st_size > 5000
+    (tmp_path / "g").mkdir()
+    assert [p.name for p in write_plots(summarize(runs[:1]), tmp_path / "g")] == ["strategies.png"]
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["strategies.png"]
+
+
+def test_counter_progress_without_a_terminal() -> None:
+    out = io.StringIO()
+    bar = CounterProgress(20, "greedy", stream=out)
+    for _ in range(20):
+        bar.update()
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "greedy: 2/20" and lines[-1] == "greedy: 20/20" and len(lines) == 10
+
+
+# -- on the engine (no generation) ---------------------------------------------------------------
+def test_lorid_without_adapters_fails_before_any_request(engine: er.Engine) -> None:
+    with pytest.raises(InvalidRequestError, match="--adapter ir=PATH"):
+        check_strategy(engine, parse_strategy("lorid"), EvalSettings())
+    with pytest.raises(er.UnknownAdapterError):
+        check_strategy(engine, parse_strategy("greedy"), EvalSettings(adapter="nope"))
+
+
+def test_concurrency_follows_the_jobs_slots(engine: er.Engine) -> None:
+    s = EvalSettings()
+    assert concurrency_for(engine, parse_strategy("greedy"), s) == 16
+    assert concurrency_for(engine, parse_strategy("budget:auto"), s) == 8  # a probe beside each
+    assert concurrency_for(engine, parse_strategy("sc:4"), s) == 3  # 4 samples + the prompt
+    assert concurrency_for(engine, parse_strategy("sc:adaptive"), s) == 1
+
+
+def test_a_refused_item_is_recorded_not_fatal(engine: er.Engine) -> None:
+    items = [EvalItem("long", "word " * 3000, "1"), EvalItem("short", "What is 2 + 2?", "4")]
+    run = run_strategy(engine, items, parse_strategy("budget:0"), EvalSettings(answer_tokens=4), no_progress)
+    long, short = run.records
+    assert long.error is not None and long.error.startswith("ContextOverflowError") and not long.correct
+    assert short.error is None and short.reasoning_tokens == 0 and short.thinking_stopped_by == "budget"
+
+
+# -- end to end: the command as a user runs it --------------------------------------------------
+def test_eval_end_to_end_on_the_embedded_model(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "edgereason", "eval", "--data", "arith", "--limit", "4"]
+    cmd += ["--strategy", "greedy", "--strategy", "sc:2", "--strategy", "budget:16"]
+    cmd += ["--max-think", "48", "--answer-tokens", "16", "--out", str(out), "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "budget:16: accuracy" in r.stdout and "wrote" in r.stdout
+
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [x["strategy"] for x in records] == ["greedy"] * 4 + ["sc:2"] * 4 + ["budget:16"] * 4
+    items = load_items("arith", limit=4)
+    for rec in records:
+        assert rec["error"] is None and rec["gold"] == items[int(rec["id"].rsplit("-", 1)[1])].gold
+        assert rec["correct"] == (rec["answer"] is not None and answers_equal(rec["answer"], rec["gold"]))
+        assert rec["wall_s"] > 0 and rec["thinking_stopped_by"] in ("model", "budget", "length")
+        assert set(rec) >= {"answer", "reasoning_tokens", "answer_tokens", "samples", "difficulty"}
+    for rec in records[4:8]:
+        assert rec["samples"] == 2 and len(rec["extra"]["sample_answers"]) == 2
+    for rec in records[8:]:
+        assert rec["samples"] == 1 and rec["reasoning_tokens"] <= 16
+    for rec in records[:4]:
+        assert rec["reasoning_tokens"] + rec["answer_tokens"] <= 64
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["meta"]["items"] == 4 and summary["meta"]["model"] == "default"
+    for label in ("greedy", "sc:2", "budget:16"):
+        row = summary["strategies"][label]
+        hits = sum(x["correct"] for x in records if x["strategy"] == label)
+        assert row["n"] == 4 and row["correct"] == hits and row["accuracy"] == hits / 4
+        assert row["ci95"] == [round(x, 4) for x in wilson_interval(hits, 4)] and row["wall_s"] > 0
+    assert summary["strategies"]["sc:2"]["mean_samples"] == 2.0
+
+    for name in ("budgets.png", "self_consistency.png", "strategies.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+
+    cmp = subprocess.run(
+        [sys.executable, "-m", "edgereason", "eval", "--compare", str(out), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cmp.returncode == 0, cmp.stderr
+    assert cmp.stdout.splitlines()[0].startswith("strategy") and "+0.0" in cmp.stdout
+
+
+def test_eval_usage_errors_are_one_line() -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "edgereason", "eval", *args], capture_output=True, text=True, timeout=120
+        )
+
+    bad = run("--strategy", "beam", "--out", "x")
+    assert bad.returncode == 2 and "unknown strategy 'beam'" in bad.stderr
+    missing = run("--strategy", "greedy")
+    assert missing.returncode == 2 and "--out DIR" in missing.stderr
+    twice = run("--strategy", "greedy", "--strategy", "greedy", "--out", "x")
+    assert twice.returncode == 2 and "listed twice" in twice.stderr
+    no_run = run("--compare", "/nonexistent/a", "/nonexistent/b")
+    assert no_run.returncode == 2 and "summary.json not found" in no_run.stderr
