@@ -1,88 +1,82 @@
-"""Thinking budgets on arithmetic word problems: accuracy and reasoning tokens per budget, side by side."""
+"""Thinking budgets on arithmetic word problems: accuracy and reasoning tokens per budget, side by side.
+
+The accuracy loop is the eval harness's (``edgereason.eval``): the same requests, records and summary
+as ``edgereason eval --strategy budget:N``, with uncapped greedy as the reference.
+"""
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
 BUDGETS: tuple[int | str | None, ...] = (0, 32, 64, 128, 256, "auto", None)  # None: uncapped
+PROMPT = "{question} Answer with the number."
 
 
 def _label(budget: int | str | None) -> str:
     return "uncapped" if budget is None else str(budget)
 
 
-def run_budget(
-    engine: Any, problems: list[Any], budget: int | str | None, answer_tokens: int, max_think: int
-) -> dict[str, Any]:
-    """All problems at one budget, submitted together (the engine batches them)."""
-    from ..answers import answers_equal
+def _strategy(budget: int | str | None) -> str:
+    return "greedy" if budget is None else f"budget:{budget}"
 
-    think_room = max_think if budget in (None, "auto") else int(budget)  # type: ignore[arg-type]
-    fields: dict[str, Any] = {"thinking": True, "temperature": 0.0, "max_tokens": think_room + answer_tokens}
-    if budget is not None:
-        fields["thinking_budget"] = budget
-    if budget == "auto":
-        fields["auto_budget_cap"] = max_think
-    t0 = time.perf_counter()
-    streams = [
-        engine.stream([{"role": "user", "content": p.question + " Answer with the number."}], **fields)
-        for p in problems
-    ]
-    results = [s.wait().choices[0] for s in streams]
-    wall = time.perf_counter() - t0
-    hits = sum(c.answer is not None and answers_equal(c.answer, p.answer) for c, p in zip(results, problems))
-    stopped: dict[str, int] = {}
-    for c in results:
-        stopped[str(c.thinking_stopped_by)] = stopped.get(str(c.thinking_stopped_by), 0) + 1
-    out = {
-        "budget": _label(budget),
-        "accuracy": round(hits / len(problems), 4),
-        "mean_reasoning_tokens": round(sum(c.reasoning_tokens for c in results) / len(results), 2),
-        "wall_s": round(wall, 2),
-        "stopped_by": stopped,
-    }
-    if budget == "auto":
-        probes = [c.extra.get("early_exit_probe_count", 0) for c in results]
-        out["mean_probes"] = round(sum(probes) / len(probes), 2)
-    return out
+
+def run_budgets(engine: Any, items: list[Any], answer_tokens: int, max_think: int) -> list[dict[str, Any]]:
+    """One row per budget (the engine batches each budget's problems)."""
+    from ..eval import EvalSettings, parse_strategy, run_eval, summarize
+
+    settings = EvalSettings(max_think=max_think, answer_tokens=answer_tokens, thinking=True, prompt=PROMPT)
+    runs = run_eval(engine, items, [parse_strategy(_strategy(b)) for b in BUDGETS], settings)
+    table = summarize(runs)["strategies"]
+    rows = []
+    for budget, run in zip(BUDGETS, runs):
+        s = table[run.spec.label]
+        row = {
+            "budget": _label(budget),
+            "accuracy": s["accuracy"],
+            "ci95": s["ci95"],
+            "mean_reasoning_tokens": s["mean_reasoning_tokens"],
+            "wall_s": s["wall_s"],
+            "stopped_by": s["stopped_by"],
+        }
+        if budget == "auto":
+            probes = [r.extra.get("probes", 0) for r in run.records]
+            row["mean_probes"] = round(sum(probes) / len(probes), 2)
+        rows.append(row)
+    return rows
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
-    """Accuracy against mean reasoning tokens, one labelled point per budget."""
-    try:
-        import matplotlib
+    """Accuracy against mean reasoning tokens, one labelled point per budget (None without matplotlib)."""
+    from ..errors import MissingExtraError
+    from ..eval.plots import plot_budgets
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    table = {
+        r["budget"]: {
+            "kind": "greedy" if r["budget"] == "uncapped" else "budget",
+            "budget": int(r["budget"]) if r["budget"].isdigit() else r["budget"],
+            "accuracy": r["accuracy"],
+            "ci95": r["ci95"],
+            "mean_reasoning_tokens": r["mean_reasoning_tokens"],
+        }
+        for r in rows
+    }
+    try:
+        return plot_budgets(table, path)
+    except MissingExtraError:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [r["mean_reasoning_tokens"] for r in rows]
-    ys = [r["accuracy"] for r in rows]
-    ax.plot(xs, ys, "o")
-    for r, x, y in zip(rows, xs, ys):
-        ax.annotate(r["budget"], (x, y), textcoords="offset points", xytext=(4, 4))
-    ax.set_xlabel("mean reasoning tokens")
-    ax.set_ylabel("accuracy")
-    ax.set_title("thinking budgets: accuracy vs reasoning tokens")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import edgereason as er
-    from edgereason.evaldata import arith_problems
+    from edgereason.eval import load_items
     from edgereason.models import resolve_model
 
     n = getattr(args, "problems", 30) or 30
     answer_tokens = getattr(args, "answer_tokens", 48) or 48
     max_think = getattr(args, "tokens", 256) or 256
-    problems = arith_problems(n, seed=0, split="test")
+    items = load_items("arith", split="test", limit=n)
     engine = er.load(
         str(resolve_model(args.model)),
         n_ctx=args.n_ctx or max_think + answer_tokens + 256,
@@ -90,7 +84,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         max_sequences=16,
     )
     try:
-        rows = [run_budget(engine, problems, b, answer_tokens, max_think) for b in BUDGETS]
+        rows = run_budgets(engine, items, answer_tokens, max_think)
     finally:
         engine.close()
     for r in rows:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import time
 from pathlib import Path
@@ -13,30 +12,7 @@ from typing import Any
 PROMPT = "Question: Tom has 23 apples and buys 19 more. How many apples does he have?\nAnswer: Let's think step by step."
 SAMPLES = 8
 ADAPTIVE_MAX = 16
-
-
-def arith_problems(n: int, seed: int) -> list[tuple[str, str]]:
-    """(question, gold answer) pairs; the shared eval set when present, else small two-step sums."""
-    try:
-        from .. import evaldata  # type: ignore[attr-defined]
-
-        return [_as_pair(p) for p in evaldata.arith_problems(n, seed)]
-    except (ImportError, AttributeError):
-        pass
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        a, b, c = rng.randint(2, 40), rng.randint(2, 40), rng.randint(2, 9)
-        out.append((f"What is {a} + {b} - {c}?", str(a + b - c)))
-    return out
-
-
-def _as_pair(p: Any) -> tuple[str, str]:
-    if isinstance(p, tuple | list):
-        return str(p[0]), str(p[1])
-    question = getattr(p, "question", None) or getattr(p, "prompt", None)
-    gold = getattr(p, "answer", None) if getattr(p, "answer", None) is not None else getattr(p, "gold", None)
-    return str(question), str(gold)
+ACCURACY_PROMPT = "{question} Answer with the number."
 
 
 def _sequential_llama(raw: Any, n: int, tokens: int) -> tuple[float, int]:
@@ -90,46 +66,46 @@ def bench_batched(engine: Any, raw: Any, tokens: int, repeats: int) -> dict[str,
     }
 
 
-def bench_accuracy(engine: Any, problems: list[tuple[str, str]], tokens: int) -> dict[str, Any]:
-    """Greedy, SC@k for k = 1..16 (prefixes of the same 16 samples) and adaptive SC (beta, at most 16)."""
+def bench_accuracy(engine: Any, items: list[Any], tokens: int) -> dict[str, Any]:
+    """Greedy, SC@k for k = 1..16 (prefixes of the same 16 samples) and adaptive SC (beta, at most 16).
+
+    The requests go through the eval harness (``edgereason.eval``); SC@k re-tallies the first k of
+    each question's 16 samples, as ``edgereason eval --strategy sc:16`` records them.
+    """
     from ..answers import answers_equal
+    from ..eval import EvalSettings, parse_strategy, run_eval, summarize
     from ..strategies.voting import Vote, tally
 
-    def ask(question: str, **fields: Any) -> Any:
-        msgs = [{"role": "user", "content": question + " Answer with the number."}]
-        return engine.chat(msgs, max_tokens=tokens, seed=1, **fields)
-
-    def right(answer: str | None, gold: str) -> bool:
-        return answer is not None and answers_equal(answer, gold)
-
-    greedy = sc_hits = adaptive_hits = 0
+    settings = EvalSettings(
+        max_think=0, answer_tokens=tokens, thinking="auto", prompt=ACCURACY_PROMPT, seed=1
+    )
+    specs = [parse_strategy(s) for s in ("greedy", f"sc:{ADAPTIVE_MAX}", f"sc:adaptive:{ADAPTIVE_MAX}")]
+    runs = run_eval(engine, items, specs, settings)
+    table = summarize(runs)["strategies"]
+    greedy, full, adaptive = (table[spec.label] for spec in specs)
     prefix_hits = [0] * ADAPTIVE_MAX
-    adaptive_used: list[int] = []
-    t0 = time.perf_counter()
-    for question, gold in problems:
-        greedy += right(ask(question, temperature=0.0).answer, gold)
-        report = ask(question, self_consistency=ADAPTIVE_MAX).extra["self_consistency"]
-        by_index = sorted(report["samples"], key=lambda s: s["index"])
+    for record in runs[1].records:
+        samples = record.extra.get("sample_answers", [])
         for k in range(1, ADAPTIVE_MAX + 1):
-            votes = [Vote(s["answer"], confidence=s["confidence"], index=s["index"]) for s in by_index[:k]]
-            prefix_hits[k - 1] += right(tally(votes).winner, gold)
-        sc_hits += right(report["answer"], gold)
-        adaptive = ask(question, self_consistency={"samples": ADAPTIVE_MAX, "adaptive": "beta"})
-        adaptive_hits += right(adaptive.extra["self_consistency"]["answer"], gold)
-        adaptive_used.append(adaptive.extra["self_consistency"]["samples_used"])
-    n = len(problems)
+            votes = [Vote(s["answer"], confidence=s["confidence"], index=s["index"]) for s in samples[:k]]
+            winner = tally(votes).winner
+            prefix_hits[k - 1] += winner is not None and answers_equal(winner, record.gold)
+    n = len(items)
     curve = [round(h / n, 4) for h in prefix_hits]
     return {
         "problems": n,
         "max_tokens": tokens,
-        "greedy_accuracy": round(greedy / n, 4),
+        "greedy_accuracy": greedy["accuracy"],
         "sc8_accuracy": curve[SAMPLES - 1],
-        "sc16_accuracy": round(sc_hits / n, 4),
-        "adaptive_accuracy": round(adaptive_hits / n, 4),
-        "adaptive_mean_samples": round(statistics.mean(adaptive_used), 2),
-        "adaptive_sample_saving": round(ADAPTIVE_MAX / statistics.mean(adaptive_used), 2),
+        "sc16_accuracy": full["accuracy"],
+        "adaptive_accuracy": adaptive["accuracy"],
+        "adaptive_mean_samples": adaptive["mean_samples"],
+        "adaptive_sample_saving": round(ADAPTIVE_MAX / adaptive["mean_samples"], 2)
+        if adaptive["mean_samples"]
+        else 0.0,
         "sc_at_k_accuracy": curve,
-        "seconds": round(time.perf_counter() - t0, 1),
+        "ci95": {"greedy": greedy["ci95"], "sc16": full["ci95"], "adaptive": adaptive["ci95"]},
+        "seconds": round(sum(r.wall_s for r in runs), 1),
         "targets": "adaptive uses >= 3x fewer samples than SC@16 at <= 1 point lower accuracy",
     }
 
@@ -188,7 +164,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"{SAMPLES} samples: batched {batched['edgereason_batched_s']} s vs sequential llama_cpp.Llama "
         f"{batched['llama_cpp_sequential_s']} s -> wall-time ratio {batched['wall_time_ratio']} (target <= 0.6)"
     )
-    acc = bench_accuracy(engine, arith_problems(args.problems, seed=0), tokens=args.answer_tokens)
+    from edgereason.eval import load_items
+
+    items = load_items("arith", split="test", limit=args.problems)
+    acc = bench_accuracy(engine, items, tokens=args.answer_tokens)
     engine.close()
     print(
         f"{acc['problems']} problems: greedy {acc['greedy_accuracy']:.0%}, SC@8 {acc['sc8_accuracy']:.0%}, "
