@@ -51,5 +51,16 @@ format: setup
 bench: setup
 	$(BIN)/edgereason bench decode
 
+# The README's strategy table on 300 held-out arith problems; results, summary and plots in eval-results/.
+# EVAL_MODEL: the demo student once it is registered; EVAL_ADAPTERS adds LoRID's role adapters
+# ("--adapter ir=PATH --adapter kg=PATH --adapter dr=PATH"), and with them the lorid strategy.
+EVAL_MODEL      ?= default
+EVAL_ADAPTERS   ?=
+EVAL_STRATEGIES ?= greedy budget:16 budget:32 budget:64 budget:auto sc:8 sc:adaptive $(if $(strip $(EVAL_ADAPTERS)),lorid)
+.PHONY: eval
+eval: setup
+	$(BIN)/edgereason eval --model $(EVAL_MODEL) $(EVAL_ADAPTERS) --data arith --split test --limit 300 \
+		$(foreach s,$(EVAL_STRATEGIES),--strategy $(s)) --out eval-results
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache bench-results
