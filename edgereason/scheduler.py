@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -25,6 +26,12 @@ from .backends.base import (
 from .errors import CapacityError
 
 log = logging.getLogger(__name__)
+
+# Changing the adapter set makes llama.cpp re-reserve its compute graph on the next decode (a new
+# ggml scheduler and three worst-case graph builds: ~4 ms for SmolLM2-135M, whatever n_ubatch). So
+# with several adapter sets live, a set keeps the context for a turn of at least this long (whole
+# steps) before the next one: small models decode several steps per switch, large ones switch each step.
+ADAPTER_TURN_S = 0.05
 
 
 class Status(str, Enum):
@@ -61,6 +68,7 @@ class Seq:
     tokens: list[int] = field(default_factory=list)  # everything after the prompt, injected included
     status: Status = Status.ACTIVE
     tag: object = None  # free for the controller
+    held: list[int] | None = None  # tokens the backend holds, kept only when it cannot fork
     _utf8: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace")
     )
@@ -80,6 +88,11 @@ class Scheduler:
         self.seqs: list[Seq] = []
         self.steps = 0
         self.decoded_tokens = 0
+        self.adapter_switches = 0
+        self.adapter_turn_s = ADAPTER_TURN_S
+        self._adapters: AdapterSet | None = None  # the set last given to the backend (None: unknown)
+        self._turn_start = 0.0  # when ``_adapters`` got the context (perf_counter)
+        self._served: dict[AdapterSet, int] = {}  # adapter set -> last step it decoded
 
     # -- slots ---------------------------------------------------------------------------------
     @property
@@ -113,6 +126,7 @@ class Scheduler:
             adapters=adapters,
             top_logprobs=top_logprobs,
             pending=list(tokens),
+            held=None if self.caps.fork else [],
         )
         self.seqs.append(seq)
         return seq
@@ -131,15 +145,21 @@ class Scheduler:
         if src.pending:
             raise RuntimeError("fork of a sequence with undecoded tokens")
         slot = self._alloc()
-        self.backend.copy_seq(src.slot, slot)
+        n_past, pending = src.n_past, list(pending or [])
+        if self.caps.fork:
+            self.backend.copy_seq(src.slot, slot)
+        else:  # the backend cannot copy state: the new slot decodes what ``src`` holds again
+            assert src.held is not None
+            n_past, pending = 0, [*src.held, *pending]
         seq = Seq(
             slot=slot,
             controller=controller,
             sampler=self.backend.make_sampler(sampling) if sampling is not None else None,
             adapters=src.adapters if adapters is None else adapters,
             top_logprobs=top_logprobs,
-            n_past=src.n_past,
-            pending=list(pending or []),
+            n_past=n_past,
+            pending=pending,
+            held=None if self.caps.fork else [],
             tokens=list(src.tokens),
         )
         self.seqs.append(seq)
@@ -161,6 +181,8 @@ class Scheduler:
         decoded = n - undecoded
         if decoded:
             seq.n_past -= decoded
+            if seq.held is not None:
+                del seq.held[seq.n_past :]
             self.backend.remove(seq.slot, seq.n_past)
 
     def pause(self, seq: Seq) -> None:
@@ -189,18 +211,36 @@ class Scheduler:
 
     # -- the loop ------------------------------------------------------------------------------
     def step(self) -> bool:
-        """Decode one step for every active sequence with pending tokens. False if idle."""
+        """Decode one step for the active sequences with pending tokens. False if idle.
+
+        Sequences are grouped by adapter set. With several sets live, one group decodes per step, for
+        steps in a row until its turn (``adapter_turn_s``) is over; then the group that waited longest.
+        """
         groups: dict[AdapterSet, list[Seq]] = {}
         for s in self.seqs:
             if s.status is Status.ACTIVE and s.pending:
                 groups.setdefault(s.adapters, []).append(s)
         if not groups:
             return False
-        for adapters, group in groups.items():
-            self.backend.set_adapters(adapters)
-            self._decode_group(group)
+        adapters = self._pick_group(groups)
+        self.backend.set_adapters(adapters)  # a no-op when already set (an unload may have reset it)
+        if adapters != self._adapters:
+            self._adapters, self._turn_start = adapters, time.perf_counter()
+            self.adapter_switches += 1
+        self._decode_group(groups[adapters])
+        self._served = {a: s for a, s in self._served.items() if a in groups}
+        self._served[adapters] = self.steps
         self.steps += 1
         return True
+
+    def _pick_group(self, groups: dict[AdapterSet, list[Seq]]) -> AdapterSet:
+        """The adapter set to decode this step: the active one until its turn is up, else the longest waiting."""
+        current = self._adapters
+        in_turn = time.perf_counter() - self._turn_start < self.adapter_turn_s
+        if current in groups and (len(groups) == 1 or in_turn):
+            return current
+        waiting = [a for a in groups if a != current]  # not empty: the current turn is over
+        return min(waiting, key=lambda a: self._served.get(a, -1))
 
     def _decode_group(self, group: list[Seq]) -> None:
         # Multi-token work (prompts, injected text) is decoded one sequence per call; single tokens of
@@ -237,6 +277,8 @@ class Scheduler:
             seq.n_past += n
             del seq.pending[:n]
             self.decoded_tokens += n
+            if seq.held is not None:
+                seq.held.extend(item.tokens)
             if not seq.live or seq.pending:
                 continue
             if handle >= 0 and seq.sampler is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import re
 import statistics
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MissingExtraError
+from ..scheduler import ADAPTER_TURN_S
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,7 @@ DEFAULT_RANK = 16
 TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 SWITCH_STEPS = 30
 REQUESTS = 6
+CONCURRENT_TOKENS = 32
 
 
 def make_random_lora_gguf(base: Path, out: Path, *, rank: int = DEFAULT_RANK, seed: int = 0) -> Path:
@@ -61,6 +64,19 @@ def rss_mib() -> float:
     return float("nan")
 
 
+class _ReserveTimes(logging.Handler):
+    """Collects llama.cpp's own "reserve took X ms" lines (it re-reserves its graph after each switch)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.ms: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = re.search(r"reserve took ([0-9.]+) ms", record.getMessage())
+        if found:
+            self.ms.append(float(found.group(1)))
+
+
 def _switch_cost_ms(backend: Any, names: list[str], steps: int) -> dict[str, float]:
     """One-token decodes with the adapter fixed vs switched before every decode (one sequence)."""
     from ..backends.base import BatchItem
@@ -76,26 +92,49 @@ def _switch_cost_ms(backend: Any, names: list[str], steps: int) -> dict[str, flo
         return (time.perf_counter() - t0) * 1000 / steps
 
     loop(True)  # warm both paths
-    fixed = statistics.median(loop(False) for _ in range(3))
-    switched = statistics.median(loop(True) for _ in range(3))
+    reserves = _ReserveTimes()
+    llama_log = logging.getLogger("edgereason.backends.llama_cpp")
+    level, propagate = llama_log.level, llama_log.propagate
+    llama_log.addHandler(reserves)
+    llama_log.setLevel(logging.INFO)
+    llama_log.propagate = False  # collected here, not printed
+    try:
+        fixed, switched = [], []
+        for _ in range(3):  # interleaved, so load from elsewhere hits both alike
+            fixed.append(loop(False))
+            switched.append(loop(True))
+    finally:
+        llama_log.removeHandler(reserves)
+        llama_log.setLevel(level)
+        llama_log.propagate = propagate
     t0 = time.perf_counter()
     for i in range(steps):
         backend.set_adapters(((names[i % len(names)], 1.0),))
     call = (time.perf_counter() - t0) * 1000 / steps
+    fixed_ms, switched_ms = statistics.median(fixed), statistics.median(switched)
     return {
-        "decode_ms_fixed_adapter": round(fixed, 3),
-        "decode_ms_switch_every_step": round(switched, 3),
-        "switch_overhead_ms": round(switched - fixed, 3),
+        "decode_ms_fixed_adapter": round(fixed_ms, 3),
+        "decode_ms_switch_every_step": round(switched_ms, 3),
+        "switch_overhead_ms": round(switched_ms - fixed_ms, 3),
+        "llama_reserve_ms": round(statistics.median(reserves.ms), 3) if reserves.ms else float("nan"),
         "set_adapters_call_ms": round(call, 4),
     }
+
+
+def _concurrent_ms(eng: Any, prompt: list[dict[str, str]], fields: dict[str, Any], names: list[str]) -> float:
+    """Wall time of len(names) requests decoded together, request i under adapter names[i]."""
+    t0 = time.perf_counter()
+    streams = [eng.stream(prompt, adapter=name, **fields) for name in names]
+    for s in streams:
+        s.wait()
+    return (time.perf_counter() - t0) * 1000
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import tempfile
 
-    import edgereason as er
-
     from ..backends.llama_cpp import LlamaCppBackend
+    from ..engine import Engine
     from ..models import resolve_model
 
     model = resolve_model(args.model)
@@ -134,12 +173,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # Whole requests through the engine: the same adapter every time vs a different one each request.
         prompt = [{"role": "user", "content": "What is 12 + 7?"}]
         fields: dict[str, Any] = {"temperature": 0.0, "max_tokens": 16, "ignore_eos": True}
-        with er.load(
-            model,
-            threads=threads,
-            max_sequences=4,
-            n_ctx=512,
-            adapters={f"a{i}": p for i, p in enumerate(paths)},
+        adapters = {f"a{i}": p for i, p in enumerate(paths)}
+        with Engine(
+            LlamaCppBackend(model, threads=threads, max_sequences=4, n_ctx=512, adapters=adapters)
         ) as eng:
 
             def requests(rotate: bool) -> float:
@@ -149,18 +185,56 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 return (time.perf_counter() - t0) * 1000 / REQUESTS
 
             requests(True)
-            same = statistics.median(requests(False) for _ in range(args.repeats))
-            rotating = statistics.median(requests(True) for _ in range(args.repeats))
+            same, rotating = [], []
+            for _ in range(args.repeats):
+                same.append(requests(False))
+                rotating.append(requests(True))
+
+            # Two requests at once under two adapters: switching every step vs in turns (the default).
+            long = {**fields, "max_tokens": CONCURRENT_TOKENS}
+            sched = eng.scheduler
+            concurrent: dict[str, list[float]] = {"same": [], "every_step": [], "turns": []}
+            switches: dict[str, int] = {}
+            for _ in range(args.repeats):
+                for key, turn_s, names in (
+                    ("same", ADAPTER_TURN_S, ["a0", "a0"]),
+                    ("every_step", 0.0, ["a0", "a1"]),
+                    ("turns", ADAPTER_TURN_S, ["a0", "a1"]),
+                ):
+                    sched.adapter_turn_s = turn_s
+                    before = sched.adapter_switches
+                    concurrent[key].append(_concurrent_ms(eng, prompt, long, names))
+                    switches[key] = sched.adapter_switches - before
+            sched.adapter_turn_s = ADAPTER_TURN_S
+        # Fastest of the repeats: other load on the machine only ever adds time.
+        best = {k: min(v) for k, v in concurrent.items()}
         results["requests"] = {
-            "request_ms_same_adapter": round(same, 2),
-            "request_ms_rotating_adapters": round(rotating, 2),
-            "per_request_switch_overhead_ms": round(rotating - same, 3),
+            "request_ms_same_adapter": round(min(same), 2),
+            "request_ms_rotating_adapters": round(min(rotating), 2),
+            "per_request_switch_overhead_ms": round(min(rotating) - min(same), 3),
         }
-    sw, mem = results["switch"], results["memory"]
+        results["concurrent_two_adapters"] = {
+            "tokens_per_request": CONCURRENT_TOKENS,
+            "ms_same_adapter": round(best["same"], 1),
+            "ms_switch_every_step": round(best["every_step"], 1),
+            "ms_in_turns": round(best["turns"], 1),
+            "turn_ms": ADAPTER_TURN_S * 1000,
+            "switches_every_step": switches["every_step"],
+            "switches_turns": switches["turns"],
+            "overhead_every_step_pct": round(100 * (best["every_step"] / best["same"] - 1), 1),
+            "overhead_turns_pct": round(100 * (best["turns"] / best["same"] - 1), 1),
+        }
+    sw, mem, cc = results["switch"], results["memory"], results["concurrent_two_adapters"]
     print(
-        f"switch overhead {sw['switch_overhead_ms']:.3f} ms/decode (set call {sw['set_adapters_call_ms']:.4f} ms) "
+        f"switch overhead {sw['switch_overhead_ms']:.3f} ms/decode (llama.cpp graph re-reserve "
+        f"{sw['llama_reserve_ms']:.2f} ms; set call {sw['set_adapters_call_ms']:.4f} ms) "
         f"vs reload {results['reload_model_ms']:.0f} ms ({results['reload_over_switch']}x); "
         f"per request {results['requests']['per_request_switch_overhead_ms']:.3f} ms"
+    )
+    print(
+        f"two concurrent requests on two adapters: +{cc['overhead_every_step_pct']}% switching every step "
+        f"({cc['switches_every_step']} switches), +{cc['overhead_turns_pct']}% in turns of "
+        f"{cc['turn_ms']:.0f} ms ({cc['switches_turns']} switches)"
     )
     print(
         f"RSS: 0 adapters {mem['adapters_0_mib']} MiB, 1: {mem['adapters_1_mib']} MiB, 3: {mem['adapters_3_mib']} MiB "
