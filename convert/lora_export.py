@@ -11,9 +11,12 @@ for those modules get the same permutation (``A`` acts on inputs and is untouche
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -39,42 +42,65 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _PEFT_PREFIX = "base_model.model."
+ADAPTER_CACHE_VERSION = 1  # bump when the conversion's output changes
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """What adapter conversion needs to know about the base model, read from its HF folder or its GGUF."""
+
+    source: Path
+    arch: str  # llama.cpp architecture name
+    n_layers: int
+    n_head: int
+    n_kv_head: int
+    shapes: dict[str, tuple[int, int]]  # 2-D weights by GGUF tensor name, in HF order (out, in)
+
+    def fingerprint(self) -> str:
+        """A digest of everything a converted adapter depends on (not the weights' values)."""
+        data = json.dumps(
+            [self.arch, self.n_layers, self.n_head, self.n_kv_head, sorted(self.shapes.items())]
+        )
+        return hashlib.sha256(data.encode()).hexdigest()
+
+
+def read_base_model(base: Path) -> BaseModel:
+    """The base model from a Hugging Face folder or a GGUF file (``.gguf``)."""
+    base = Path(base)
+    return _gguf_base(base) if base.is_file() else _hf_base(base)
 
 
 def peft_to_gguf(
     peft_dir: Path,
-    base_hf_dir: Path,
+    base: Path,
     out: Path,
     outtype: AdapterOutType = "f32",
     *,
     force: bool = False,
 ) -> Path:
-    """Convert the PEFT LoRA folder ``peft_dir`` (made for ``base_hf_dir``) to the GGUF file ``out``.
+    """Convert the PEFT LoRA folder ``peft_dir`` to the GGUF file ``out``.
 
-    Raises ModelLoadError for a folder that is not a PEFT LoRA, a LoRA kind llama.cpp cannot run (DoRA,
-    per-module ranks, embedding adapters, modules_to_save) or an adapter whose shapes do not fit the base.
+    ``base`` is the model the adapter was made for: its Hugging Face folder, or its GGUF file (llama,
+    qwen2, qwen3). Raises ModelLoadError for a folder that is not a PEFT LoRA, a LoRA kind llama.cpp
+    cannot run (DoRA, per-module ranks, embedding adapters, modules_to_save) or an adapter whose shapes
+    do not fit the base.
     """
-    peft_dir, base_hf_dir, out = Path(peft_dir), Path(base_hf_dir), Path(out)
+    peft_dir, out = Path(peft_dir), Path(out)
     check_output_path(out, force)
     check_converter_install()
     try:
         import gguf
     except ImportError as exc:  # pragma: no cover - the convert extra brings it
         raise MissingExtraError("converting adapters", "convert") from exc
-    config = read_hf_config(base_hf_dir)
-    arch = SUPPORTED_ARCHITECTURES[config["architectures"][0]]
+    model = read_base_model(base)
     acfg = read_adapter_config(peft_dir)
     tensors = _read_adapter_tensors(peft_dir)
-    base_shapes = _base_shapes(base_hf_dir)
     r = int(acfg["r"])
     alpha = float(acfg.get("lora_alpha") or r)
     if acfg.get("use_rslora"):
         alpha *= math.sqrt(r)  # rsLoRA scales by alpha/sqrt(r); llama.cpp always divides by r
 
-    model_arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
-    name_map = gguf.get_tensor_name_map(model_arch, int(config["num_hidden_layers"]))
-    n_head = int(config["num_attention_heads"])
-    n_kv_head = int(config.get("num_key_value_heads") or n_head)
+    name_map = _name_map(model.arch, model.n_layers)
     np_type = np.float32 if outtype == "f32" else np.float16
 
     pairs: list[tuple[str, NDArray[Any], NDArray[Any]]] = []
@@ -83,25 +109,27 @@ def peft_to_gguf(
         if a is None or b is None:
             raise ModelLoadError(f"{peft_dir}: {module} lacks lora_A or lora_B; is it a plain LoRA adapter?")
         hf_name = f"{module}.weight"
-        want = base_shapes.get(hf_name)
+        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight",))
+        if gguf_name is None:
+            raise ModelLoadError(
+                f"{peft_dir}: no llama.cpp tensor for {hf_name} in architecture {model.arch}"
+            )
+        want = model.shapes.get(gguf_name)
         if want is None:
-            raise ModelLoadError(f"{peft_dir}: {hf_name} is not a weight of the base model in {base_hf_dir}")
+            raise ModelLoadError(f"{peft_dir}: {hf_name} is not a weight of the base model in {model.source}")
         if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1] or (b.shape[0], a.shape[1]) != want:
             raise ModelLoadError(
                 f"{peft_dir}: {module} has lora_A {a.shape} and lora_B {b.shape} but the base weight is {want}; "
                 "the adapter was made for another base model"
             )
-        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight",))
-        if gguf_name is None:
-            raise ModelLoadError(f"{peft_dir}: no llama.cpp tensor for {hf_name} in architecture {arch}")
-        if arch == "llama" and module.endswith(("q_proj", "k_proj")):
-            b = _permute_rows(b, n_head, n_head if module.endswith("q_proj") else n_kv_head)
+        if model.arch == "llama" and module.endswith(("q_proj", "k_proj")):
+            b = _permute_rows(b, model.n_head, model.n_head if module.endswith("q_proj") else model.n_kv_head)
         pairs.append((gguf_name, a.astype(np_type), b.astype(np_type)))
     if not pairs:
         raise ModelLoadError(f"{peft_dir} holds no LoRA tensors")
 
     with atomic_output(out) as tmp:
-        writer = gguf.GGUFWriter(tmp, arch)
+        writer = gguf.GGUFWriter(tmp, model.arch)
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
@@ -120,6 +148,103 @@ def peft_to_gguf(
         "converted adapter %s (%d modules, r=%d, alpha=%g) to %s", peft_dir, len(pairs), r, alpha, out
     )
     return out
+
+
+def cached_peft_gguf(peft_dir: Path, base_gguf: Path, cache_dir: Path | None = None) -> Path:
+    """``peft_dir`` as a LoRA GGUF for the GGUF model ``base_gguf``, converted once into a cache.
+
+    The cached file is keyed by a hash of the adapter's files and the base's architecture and weight
+    shapes, so an edited adapter or another base converts again. Default cache:
+    ``~/.cache/edgereason/adapters`` (``$XDG_CACHE_HOME`` respected).
+    """
+    peft_dir = Path(peft_dir).expanduser()
+    read_adapter_config(peft_dir)  # clear errors before hashing anything
+    model = read_base_model(base_gguf)
+    digest = hashlib.sha256(f"{ADAPTER_CACHE_VERSION}|{model.fingerprint()}".encode())
+    for name in (ADAPTER_CONFIG, *ADAPTER_WEIGHTS):
+        path = peft_dir / name
+        if path.is_file():
+            digest.update(name.encode())
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    root = Path(cache_dir) if cache_dir is not None else default_adapter_cache()
+    out = root / f"{_safe_stem(peft_dir.name)}-{digest.hexdigest()[:20]}.gguf"
+    if out.is_file():
+        logger.info("adapter %s: using the converted copy %s", peft_dir, out)
+        return out
+    return peft_to_gguf(peft_dir, base_gguf, out, force=True)
+
+
+def default_adapter_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgereason" / "adapters"
+
+
+def _safe_stem(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:64] or "adapter"
+
+
+def _name_map(arch: str, n_layers: int) -> Any:
+    import gguf
+
+    model_arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    return gguf.get_tensor_name_map(model_arch, n_layers)
+
+
+def _hf_base(base_hf_dir: Path) -> BaseModel:
+    config = read_hf_config(base_hf_dir)
+    arch = SUPPORTED_ARCHITECTURES[config["architectures"][0]]
+    n_layers = int(config["num_hidden_layers"])
+    n_head = int(config["num_attention_heads"])
+    name_map = _name_map(arch, n_layers)
+    shapes: dict[str, tuple[int, int]] = {}
+    for hf_name, shape in _base_shapes(base_hf_dir).items():
+        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight",))
+        if gguf_name is not None:
+            shapes[gguf_name] = shape
+    return BaseModel(
+        source=base_hf_dir,
+        arch=arch,
+        n_layers=n_layers,
+        n_head=n_head,
+        n_kv_head=int(config.get("num_key_value_heads") or n_head),
+        shapes=shapes,
+    )
+
+
+def _gguf_base(base_gguf: Path) -> BaseModel:
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(base_gguf)
+    except Exception as exc:  # noqa: BLE001 - the reader raises plain ValueError/OSError variants
+        raise ModelLoadError(f"{base_gguf} is not a readable GGUF file: {exc}") from exc
+
+    def field(key: str) -> Any:
+        f = reader.get_field(key)
+        if f is None:
+            raise ModelLoadError(f"{base_gguf} has no {key}; is it a model GGUF?")
+        return f.contents()
+
+    arch = str(field("general.architecture"))
+    if arch not in SUPPORTED_ARCHITECTURES.values():
+        supported = ", ".join(SUPPORTED_ARCHITECTURES.values())
+        raise ModelLoadError(f"{base_gguf}: adapters convert for {supported} models, not {arch}")
+    n_head = int(field(f"{arch}.attention.head_count"))
+    kv = reader.get_field(f"{arch}.attention.head_count_kv")
+    shapes = {
+        t.name: (int(t.shape[1]), int(t.shape[0]))  # GGUF lists dims innermost first: [in, out]
+        for t in reader.tensors
+        if len(t.shape) == 2
+    }
+    return BaseModel(
+        source=base_gguf,
+        arch=arch,
+        n_layers=int(field(f"{arch}.block_count")),
+        n_head=n_head,
+        n_kv_head=int(kv.contents()) if kv is not None else n_head,
+        shapes=shapes,
+    )
 
 
 def read_adapter_config(peft_dir: Path) -> dict[str, Any]:
@@ -265,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "adapter", type=Path, help="PEFT folder (adapter_config.json, adapter_model.safetensors)"
     )
-    parser.add_argument("--base", type=Path, required=True, help="the base model's Hugging Face folder")
+    parser.add_argument(
+        "--base", type=Path, required=True, help="the base model: its Hugging Face folder or its GGUF file"
+    )
     parser.add_argument("-o", "--out", type=Path, required=True, help="GGUF file to write")
     parser.add_argument("--outtype", choices=("f32", "f16"), default="f32")
     parser.add_argument("--force", action="store_true", help="replace an existing output file")

@@ -1,15 +1,20 @@
-"""LoRA adapter specs from the command line and the server: ``NAME=PATH[:SCALE]``, adapter folders, safe paths."""
+"""LoRA adapter specs from the command line and the server: ``NAME=PATH[:SCALE]``, adapter folders, safe paths,
+and PEFT folders converted to GGUF on the fly."""
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidRequestError, ModelLoadError
+from .errors import InvalidRequestError, MissingExtraError, ModelLoadError
 from .gguf_meta import read_gguf_info
 from .options import MAX_ADAPTER_SCALE
 
+log = logging.getLogger(__name__)
+
+PEFT_CONFIG = "adapter_config.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -83,3 +88,29 @@ def resolve_in_dir(directory: Path, requested: str) -> Path:
             f"no adapter file {requested!r} in the adapter directory", param="lora_path"
         )
     return resolved
+
+
+def is_peft_dir(path: str | Path) -> bool:
+    return (Path(path).expanduser() / PEFT_CONFIG).is_file()
+
+
+def adapter_gguf(path: str | Path, base_model: Path) -> Path:
+    """The LoRA GGUF to load for ``path``: the file itself, or a PEFT folder converted for ``base_model``.
+
+    Conversion needs the convert extra (torch, safetensors, gguf); the result is cached under
+    ``~/.cache/edgereason/adapters`` keyed by the adapter's files and the base, so it runs once.
+    """
+    path = Path(path).expanduser()
+    if not is_peft_dir(path):
+        return path
+    how = (
+        "install the convert extra to convert it on load (pip install 'edgereason[convert]'), or convert "
+        f"it yourself: python -m edgereason.convert.lora_export {path} --base {base_model} -o ADAPTER.gguf"
+    )
+    try:
+        from .convert.lora_export import cached_peft_gguf
+
+        log.info("PEFT adapter %s: converting for %s (cached)", path, base_model.name)
+        return cached_peft_gguf(path, base_model)
+    except (ImportError, MissingExtraError) as exc:
+        raise ModelLoadError(f"{path} is a PEFT adapter folder ({exc}); {how}") from exc

@@ -13,13 +13,14 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..adapters import adapter_gguf
 from ..errors import ModelLoadError, UnknownAdapterError
 from ..gguf_meta import read_gguf_info
 from .base import (
@@ -171,7 +172,7 @@ class LlamaCppBackend:
         threads: int | None = None,
         max_sequences: int = DEFAULT_MAX_SEQUENCES,
         n_batch: int = DEFAULT_N_BATCH,
-        adapters: dict[str, str | Path] | None = None,
+        adapters: Mapping[str, str | Path] | None = None,
         flash_attn: bool = False,
     ) -> None:
         gguf = read_gguf_info(path)  # clear errors for missing, non-GGUF and truncated files
@@ -190,6 +191,7 @@ class LlamaCppBackend:
             )
         self._stack.callback(lib.llama_model_free, model)
         self.model = model
+        self._model_path = gguf.path
         self.vocab = lib.llama_model_get_vocab(model)
         n_ctx_train = int(lib.llama_model_n_ctx_train(model))
         n_ctx = n_ctx or min(DEFAULT_N_CTX, n_ctx_train or DEFAULT_N_CTX)
@@ -342,12 +344,8 @@ class LlamaCppBackend:
 
     # -- adapters ------------------------------------------------------------------------------
     def load_adapter(self, name: str, path: str | Path) -> None:
-        if (Path(path).expanduser() / "adapter_config.json").is_file():
-            raise ModelLoadError(
-                f"{path} is a PEFT adapter folder; convert it to a LoRA GGUF first: "
-                f"python -m edgereason.convert.lora_export {path} --base BASE_HF_DIR -o {name}.gguf"
-            )
-        info = read_gguf_info(path)
+        """Load a LoRA GGUF (or a PEFT folder, converted once for this model) under ``name``."""
+        info = read_gguf_info(adapter_gguf(path, self._model_path))
         if not info.is_adapter:
             raise ModelLoadError(f"{info.path} is not a LoRA adapter GGUF (general.type != adapter)")
         handle = self._lib.llama_adapter_lora_init(self.model, str(info.path).encode())
