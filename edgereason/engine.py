@@ -193,15 +193,15 @@ class Engine:
                 return self.prepare_chat([{"role": "user", "content": text}], opts)
 
             return LoridJob(question or prompt.plan.text, make_prompt, opts, lorid, model=self.name)
-        if adapters and opts.self_consistency is not None:
-            raise InvalidRequestError(
-                "adapters cannot be combined with self_consistency yet; drop one of them", param="adapters"
-            )
         if opts.self_consistency is not None:
             from .strategies.self_consistency import SelfConsistencyJob
 
             return SelfConsistencyJob(
-                prompt, opts, model=self.name, max_sequences=self.backend.capabilities.max_sequences
+                prompt,
+                opts,
+                model=self.name,
+                max_sequences=self.backend.capabilities.max_sequences,
+                adapters=adapters,
             )
         return GenerateJob(prompt, opts, model=self.name, adapters=adapters)
 

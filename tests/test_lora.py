@@ -122,6 +122,16 @@ def test_concurrent_mixed_adapter_requests(engine: er.Engine) -> None:
     assert outs == [refs[n] for n in names]
 
 
+def test_adapter_specs() -> None:
+    from edgereason.adapters import parse_adapter_spec
+
+    spec = parse_adapter_spec("x=/tmp/a:b.gguf:0.5")
+    assert (spec.name, str(spec.path), spec.scale) == ("x", "/tmp/a:b.gguf", 0.5)
+    for bad in ("x=a.gguf:4.5", "x=a.gguf:-5", "x", "x=", "../x=a.gguf"):
+        with pytest.raises(InvalidRequestError):
+            parse_adapter_spec(bad)
+
+
 def test_unknown_adapter_and_bad_scale(engine: er.Engine) -> None:
     with pytest.raises(UnknownAdapterError, match="'nope' is not loaded"):
         engine.complete(PROMPT, adapter="nope")
@@ -174,6 +184,60 @@ def test_concurrent_load_while_decoding(engine: er.Engine, llama: Tiny) -> None:
     engine.unload_adapter("late")
 
 
+def _tensors(path: Path) -> dict[str, np.ndarray]:
+    return {t.name: np.array(t.data) for t in gguf.GGUFReader(path).tensors}
+
+
+def test_peft_folder_is_converted_on_load(
+    engine: er.Engine, llama: Tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cache = tmp_path / "cache" / "edgereason" / "adapters"
+    ref = engine.complete(
+        PROMPT, adapter="a", **GREEDY
+    ).content  # "a" = peft[0] converted against the HF base
+    engine.load_adapter("pa", llama.peft[0])  # the PEFT folder itself, converted against the loaded GGUF
+    try:
+        assert engine.complete(PROMPT, adapter="pa", **GREEDY).content == ref
+    finally:
+        engine.unload_adapter("pa")
+    (cached,) = cache.glob("*.gguf")
+    assert _tensors(cached).keys() == _tensors(llama.lora[0]).keys()
+    assert all(np.array_equal(v, _tensors(llama.lora[0])[k]) for k, v in _tensors(cached).items())
+    # Converted once: loading it again reuses the cached file.
+    stamp = cached.stat().st_mtime_ns
+    engine.load_adapter("pa", llama.peft[0])
+    engine.unload_adapter("pa")
+    assert list(cache.glob("*.gguf")) == [cached] and cached.stat().st_mtime_ns == stamp
+
+    # An adapter made for another base is refused with the reason; nothing is cached for it.
+    other = make_tiny_checkpoint("llama", tmp_path / "other", hidden=32, heads=2, kv_heads=1)
+    with pytest.raises(ModelLoadError, match="another base"):
+        engine.load_adapter("foreign", make_random_peft_adapter(other, tmp_path / "op"))
+    assert engine.adapter_names == ["a", "b"] and list(cache.glob("*.gguf")) == [cached]
+
+
+def test_peft_folder_without_the_convert_extra(
+    engine: er.Engine, llama: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "edgereason.convert.lora_export", None)  # import fails as if absent
+    with pytest.raises(ModelLoadError, match=r"pip install 'edgereason\[convert\]'.*lora_export"):
+        engine.load_adapter("pa", llama.peft[0])
+
+
+def test_self_consistency_votes_under_the_adapter(engine: er.Engine) -> None:
+    votes = {"samples": 3, "temperature": 0.0}
+    for name in ("a", ""):
+        fields = {"adapter": name} if name else {}
+        ref = engine.complete(PROMPT, **GREEDY, **fields).content
+        res = engine.complete(PROMPT, self_consistency=votes, **GREEDY, **fields)
+        report = res.extra["self_consistency"]
+        assert report["samples_used"] == 3
+        assert res.content == ref  # greedy samples under the adapter are the adapter's greedy output
+
+
 def test_lorid_end_to_end_on_real_adapters(llama: Tiny) -> None:
     adapters = {"ir": llama.lora[0], "kg": llama.lora[1], "dr": llama.lora[2]}
     with er.load(llama.gguf, adapters=adapters, n_ctx=512, max_sequences=4, threads=2) as eng:
@@ -199,6 +263,12 @@ def test_random_adapter_for_the_embedded_model(tmp_path: Path) -> None:
         hf, tmp_path / "peft", r=4, target_modules=("q_proj", "v_proj", "o_proj")
     )
     lora = peft_to_gguf(peft_dir, hf, tmp_path / "smollm2-lora.gguf")
+    # The GGUF itself as the base (what a PEFT folder given at load uses) converts to the same tensors.
+    via_gguf = peft_to_gguf(peft_dir, model, tmp_path / "via-gguf.gguf")
+    expected = _tensors(lora)
+    assert {k: v.tobytes() for k, v in _tensors(via_gguf).items()} == {
+        k: v.tobytes() for k, v in expected.items()
+    }
     question = [{"role": "user", "content": "What is 12 + 7?"}]
     with er.load(model, adapters={"x": lora}, n_ctx=512, max_sequences=4) as eng:
         base = eng.chat(question, temperature=0.0, max_tokens=24).content

@@ -14,8 +14,9 @@ from edgereason.backends.base import (
 )
 from edgereason.errors import InvalidRequestError, UnknownAdapterError
 from edgereason.options import DEFAULT_LORID_PROMPTS, GenerationOptions
+from edgereason.scheduler import Scheduler, Seq
 
-from .scripted import ByteScriptBackend, ScriptedSampler, script_sampler
+from .scripted import EOS, ByteScriptBackend, ScriptedSampler, script_sampler
 
 ROLES = ("ir", "kg", "dr")
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
@@ -130,3 +131,104 @@ def test_lorid_option_defaults() -> None:
     opts = GenerationOptions.build(None, {"lorid": {}})
     assert opts.lorid is not None and opts.lorid.max_iterations == 8
     assert opts.lorid.roles == {"ir": "ir", "kg": "kg", "dr": "dr"}
+
+
+def test_streaming_through_the_python_api() -> None:
+    backend = LoridBackend(
+        {"ir": ["The answer is 7"], "kg": ["fact: 3 + 4 = 7"], "dr": ["So the answer is 7"]}
+    )
+    with er.Engine(backend) as engine:  # type: ignore[arg-type]
+        stream = engine.stream([{"role": "user", "content": "What is 3 + 4?"}], seed=0, lorid={})
+        chunks = list(stream)
+    assert stream.result is not None
+    assert "".join(c.text for c in chunks if c.channel == "content") == stream.result.content
+    assert stream.result.content == "So the answer is 7"
+    assert stream.result.extra["lorid"]["agreed"] is True
+
+
+def test_lorid_through_the_server() -> None:
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from edgereason.server.app import create_app
+
+    backend = LoridBackend({"ir": ["5", "7"], "kg": ["k"], "dr": ["8", "7"]})
+    body = {"messages": [{"role": "user", "content": "What is 3 + 4?"}], "seed": 0, "lorid": {}}
+    with er.Engine(backend) as engine:  # type: ignore[arg-type]
+        client = TestClient(create_app(engine))
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        data = r.json()
+        assert data["lorid"]["iterations"] == 2 and data["lorid"]["answer"] == "7"
+        assert data["edgereason"]["lorid"] == data["lorid"]
+        assert data["choices"][0]["message"]["content"] == "7"
+
+        with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+            events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(e) for e in events[:-1]]
+        content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        assert content == "7"
+        assert chunks[-1]["edgereason"]["lorid"]["ir_answers"] == ["5", "7"]
+
+        r = client.post("/v1/chat/completions", json={**body, "lorid": {"roles": {"ir": "missing"}}})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+class _UntilEos:
+    """A minimal controller: a sequence ends at EOS."""
+
+    def __init__(self, sched: Scheduler) -> None:
+        self.sched = sched
+
+    def on_token(self, seq: Seq, token: int, text: str, logprobs: object) -> None:
+        if token == EOS:
+            self.sched.finish(seq)
+
+    def on_ready(self, seq: Seq) -> None:
+        pass
+
+    def on_context_full(self, seq: Seq) -> None:
+        pass
+
+
+class _AdapterCheckingBackend(ByteScriptBackend):
+    """Fails any decode that holds a sequence of another adapter set than the active one."""
+
+    def __init__(self) -> None:
+        super().__init__(lora=True)
+        self.active: AdapterSet = ()
+        self.slot_adapters: dict[int, AdapterSet] = {}
+        self.decodes: list[AdapterSet] = []
+
+    def set_adapters(self, adapters: AdapterSet) -> None:
+        self.active = adapters
+
+    def decode(self, items: Sequence[BatchItem]) -> list[int]:
+        assert all(self.slot_adapters[it.slot] == self.active for it in items)
+        self.decodes.append(self.active)
+        return super().decode(items)
+
+    def make_sampler(self, params: SamplingParams) -> ScriptedSampler:
+        return script_sampler(params.seed, "x" * 20)
+
+
+@pytest.mark.parametrize("turn_s", [0.0, 60.0])
+def test_adapter_groups_decode_apart_and_in_turns(turn_s: float) -> None:
+    backend = _AdapterCheckingBackend()
+    sched = Scheduler(backend)  # type: ignore[arg-type]
+    sched.adapter_turn_s = turn_s
+    sets: list[AdapterSet] = [(("a", 1.0),), (("b", 1.0),), (("a", 1.0),), ()]
+    for i, adapters in enumerate(sets):
+        seq = sched.spawn(_UntilEos(sched), [1, 2, 3], SamplingParams(seed=i), adapters=adapters)
+        backend.slot_adapters[seq.slot] = adapters
+    while sched.step():
+        pass
+    assert not sched.seqs
+    switches = sum(1 for x, y in zip(backend.decodes, backend.decodes[1:]) if x != y) + 1
+    assert switches == sched.adapter_switches
+    if turn_s:  # a long turn: each set decodes all its sequences to the end, then the next one
+        assert sched.adapter_switches == 3
+    else:  # no turn: the sets alternate step by step
+        assert sched.adapter_switches > 20

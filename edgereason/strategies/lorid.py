@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..answers import answer_key
 from ..job import Job, PreparedPrompt
 from ..options import GenerationOptions, LoridOptions
-from ..result import ChatResult, Choice, Usage
+from ..result import ChatResult, Choice, Chunk, Usage
 from ..signals import final_answer
 from .generate import ChoiceDecoder, sampling_for
 
@@ -196,6 +196,11 @@ class LoridJob(Job):
             completion_tokens=choice.completion_tokens,
             reasoning_tokens=choice.reasoning_tokens,
         )
+        # Streaming callers get the chosen output once the loop has settled (role outputs are not streamed).
+        if choice.reasoning:
+            self.emit(Chunk("reasoning", choice.reasoning))
+        if choice.content:
+            self.emit(Chunk("content", choice.content))
         self.complete(ChatResult(choices=[choice], usage=usage, model=self.model, extra={"lorid": report}))
 
 

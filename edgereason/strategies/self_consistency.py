@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..answers import answer_key
-from ..backends.base import TopLogprobs
+from ..backends.base import AdapterSet, TopLogprobs
 from ..errors import InvalidRequestError
 from ..job import Job, PreparedPrompt
 from ..options import GenerationOptions, SelfConsistencyOptions
@@ -82,13 +82,20 @@ class SelfConsistencyJob(Job):
     """``self_consistency.samples`` samples of one prompt, voted; one choice comes back."""
 
     def __init__(
-        self, prompt: PreparedPrompt, opts: GenerationOptions, model: str = "", max_sequences: int = 2
+        self,
+        prompt: PreparedPrompt,
+        opts: GenerationOptions,
+        model: str = "",
+        max_sequences: int = 2,
+        adapters: AdapterSet = (),
     ) -> None:
         super().__init__()
         assert opts.self_consistency is not None
         if opts.n != 1:
             raise InvalidRequestError("self_consistency returns one voted answer; leave n at 1", param="n")
         self.prompt, self.opts, self.model = prompt, opts, model
+        self.adapters = adapters  # every sample decodes under the request's adapters (forks inherit them)
+        self.adapters_used = frozenset(name for name, _ in adapters)
         self.sc: SelfConsistencyOptions = opts.self_consistency
         self.rule = make_stopping_rule(self.sc.adaptive, self.sc.threshold, self.sc.window)
         # One slot holds the prompt; the samples share the rest, a new one forked as each finishes.
@@ -113,7 +120,7 @@ class SelfConsistencyJob(Job):
         if self.opts.max_tokens == 0:
             self._complete()
             return
-        self.root = sched.spawn(self, self.prompt.tokens[:-1], None)
+        self.root = sched.spawn(self, self.prompt.tokens[:-1], None, adapters=self.adapters)
         if not self.root.pending:
             self.on_ready(self.root)
 
