@@ -205,10 +205,42 @@ def test_request_errors(remote: RemoteEngine) -> None:
         remote.chat(QUESTIONS[0], n=20, max_tokens=4)  # the server's 400, mapped
     with pytest.raises(UnknownAdapterError):
         remote.chat(QUESTIONS[0], adapter="nope", max_tokens=4)
-    with pytest.raises(InvalidRequestError, match="thinking_budget"):
-        remote.chat(QUESTIONS[0], thinking_budget="auto")
     with pytest.raises(InvalidRequestError, match="temperature"):
         remote.chat(QUESTIONS[0], temperature=-1)  # validated here, before any request
+
+
+def test_timeouts_are_a_clear_error(server: Server) -> None:
+    url = f"openai://{server.base.removeprefix('http://')}/default"
+    with (
+        pytest.raises(RemoteUnavailableError, match="did not answer in time"),
+        load_remote(url, timeout=0.05) as eng,
+    ):
+        eng.chat(QUESTIONS[0], max_tokens=200, ignore_eos=True, temperature=0.0)
+
+
+def test_per_token_thinking_controls_run_on_an_edgereason_server(
+    remote: RemoteEngine, local: er.Engine
+) -> None:
+    # DEER probes and the loop guard need per-token control: an EdgeReason server applies them itself.
+    kw = {
+        "max_tokens": 48,
+        "temperature": 0.0,
+        "thinking": True,
+        "thinking_budget": "auto",
+        "auto_budget_cap": 24,
+    }
+    r, lo = remote.chat(QUESTIONS[1], **kw), local.chat(QUESTIONS[1], **kw)
+    _same(r, lo)
+    assert r.choices[0].extra["early_exit_probes"] == lo.choices[0].extra["early_exit_probes"]
+    assert r.choices[0].extra["thinking_budget_enforced_by"] == "server"
+
+
+def test_per_token_thinking_controls_need_an_edgereason_server(server: Server) -> None:
+    with load_remote(f"openai://{server.base.removeprefix('http://')}/default") as eng:
+        eng.flavor = "openai"  # as vLLM or llama-server would be seen
+        for kw in ({"thinking_budget": "auto"}, {"min_thinking": 4}, {"loop_guard": True}):
+            with pytest.raises(InvalidRequestError, match="only an EdgeReason server"):
+                eng.chat(QUESTIONS[0], **kw)
 
 
 def test_leaving_a_stream_early(remote: RemoteEngine) -> None:

@@ -59,6 +59,22 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 600.0  # one generation request; long thinking on a busy server takes minutes
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_PARALLEL = 8  # concurrent requests when a server takes one sample per request
+# Thinking controls an EdgeReason server applies itself (passed through when the caller set them).
+SERVER_THINKING_FIELDS = frozenset(
+    {
+        "min_thinking",
+        "max_waits",
+        "wrap_up",
+        "early_exit_threshold",
+        "early_exit_max_probes",
+        "early_exit_probe_tokens",
+        "early_exit_confidence",
+        "early_exit_prefix",
+        "transition_markers",
+        "auto_budget_cap",
+        "loop_guard",
+    }
+)
 
 
 class RemoteJob(Job):
@@ -241,16 +257,16 @@ class RemoteEngine:
         return ChatStream(job)
 
     def _check_supported(self, opts: GenerationOptions) -> None:
-        if opts.effective_thinking_budget == "auto" or opts.min_thinking:
+        if _steered(opts) and self.flavor != "edgereason":
             raise InvalidRequestError(
-                "thinking_budget='auto' and min_thinking steer every token (probes, rewinds); a remote "
-                "backend cannot: use an integer thinking_budget, or run the model locally",
+                "thinking_budget='auto', min_thinking and loop_guard steer every token (probes, rewinds): "
+                "only an EdgeReason server applies them remotely; use an integer thinking_budget here",
                 param="thinking_budget",
             )
 
     def raw_budget(self, opts: GenerationOptions) -> bool:
         """An integer budget is enforced here (raw-prompt continuation) when the chat template is known."""
-        if not isinstance(opts.effective_thinking_budget, int):
+        if not isinstance(opts.effective_thinking_budget, int) or _steered(opts):
             return False
         if self.chat_template is None:
             log.warning("no chat template for %s: the thinking budget is left to the server", self.name)
@@ -313,6 +329,10 @@ class RemoteEngine:
         for name in ("top_k", "min_p", "repeat_penalty"):
             if name in opts.model_fields_set:
                 body[renamed.get(name, name)] = getattr(opts, name)
+        if opts.ignore_eos:  # vLLM, llama-server and EdgeReason all take it
+            body["ignore_eos"] = True
+        if self.flavor == "edgereason" and "repeat_last_n" in opts.model_fields_set:
+            body["repeat_last_n"] = opts.repeat_last_n
         return body
 
     def thinking_fields(self, opts: GenerationOptions) -> dict[str, Any]:
@@ -325,6 +345,10 @@ class RemoteEngine:
             out["chat_template_kwargs"] = {"enable_thinking": bool(thinking)}
         if isinstance(opts.effective_thinking_budget, int):
             out["thinking_token_budget"] = opts.effective_thinking_budget  # vLLM's name; EdgeReason's alias
+        if self.flavor == "edgereason":  # the rest of its thinking controls, as the caller set them
+            budget = opts.thinking_budget if opts.thinking_budget == "auto" else None
+            out.update(opts.model_dump(mode="json", include=opts.model_fields_set & SERVER_THINKING_FIELDS))
+            out.update({"thinking_budget": budget} if budget else {})
         return out
 
     # -- plain chat ----------------------------------------------------------------------------------------------
@@ -335,16 +359,20 @@ class RemoteEngine:
         if opts.logprobs or opts.top_logprobs:
             body.update(logprobs=True, top_logprobs=opts.top_logprobs)
         budget = opts.effective_thinking_budget
-        plan = self.render(msgs, opts.effective_thinking) if self.chat_template else None
+        plan = (
+            self.render(msgs, opts.effective_thinking)
+            if self.chat_template and self.flavor != "edgereason"
+            else None
+        )
         outs, prompt_tokens = (
             self._chat_stream(job, body, opts, plan)
             if job.emit_chunks
             else self.chat_once(body, opts.n, plan)
         )
-        if isinstance(budget, int):
+        if budget is not None:
             for o in outs:
                 o.extra["thinking_budget_enforced_by"] = "server"
-                if o.reasoning_tokens > budget:
+                if isinstance(budget, int) and o.reasoning_tokens > budget:
                     log.warning(
                         "the server ignored thinking_budget=%d (%d reasoning tokens)",
                         budget,
@@ -371,7 +399,8 @@ class RemoteEngine:
             reasoning = msg.get("reasoning_content") or msg.get("reasoning")
             content = msg.get("content") or ""
             if reasoning is not None or self.flavor == "edgereason":
-                out.add([(c, t) for c, t in (("reasoning", reasoning), ("content", content)) if t], None, 0)  # type: ignore[misc]
+                out.reasoning.append(reasoning or "")
+                out.content.append(content)
             else:
                 sp = self._splitter(plan)
                 out.add(sp.feed(content) + sp.flush(), None, 0)
@@ -425,7 +454,7 @@ class RemoteEngine:
             entries = report.get("choices") if isinstance(report, dict) else None
             if entries and i < len(entries) and isinstance(entries[i], dict):
                 apply_report(out, entries[i])
-            if out.thinking_stopped_by is None and out.reasoning:
+            elif "".join(out.reasoning):  # no report: thinking ended where the text says
                 out.thinking_stopped_by = "model" if out.content or out.finish_reason == "stop" else "length"
         return outs, int(usage.get("prompt_tokens") or 0)
 
@@ -439,7 +468,10 @@ class RemoteEngine:
         )
         return ChatResult(choices=choices, usage=usage, model=self.name, extra=extra or {})
 
-    # -- raw-prompt continuation (thinking budgets, text completions) -----------------------------------------
+
+def _steered(opts: GenerationOptions) -> bool:
+    """Thinking controls that act on every token (probes, rewinds): a plain OpenAI server cannot take them."""
+    return opts.effective_thinking_budget == "auto" or bool(opts.min_thinking) or bool(opts.loop_guard)
 
 
 def _served_models(listing: Any, model: str) -> tuple[dict[str, Any], frozenset[str] | None]:

@@ -22,6 +22,11 @@ from ..options import GenerationOptions
 from ..result import Choice, Chunk, FinishReason, TokenLogprob
 from ..signals import answer_confidence, final_answer, think_answer_mismatch
 
+# Per-choice report keys that Choice carries as fields (or recomputes): the rest go to Choice.extra.
+REPORTED_ELSEWHERE = frozenset(
+    {"index", "thinking_stopped_by", "answer", "reasoning_tokens", "completion_tokens", "finish_reason"}
+    | {"answer_confidence", "think_answer_mismatch"}
+)
 SCHEMES = {"openai": "http", "openai+http": "http", "openai+https": "https"}
 
 
@@ -293,13 +298,4 @@ def apply_report(out: RemoteOutput, entry: dict[str, Any]) -> None:
     out.thinking_stopped_by = entry.get("thinking_stopped_by", out.thinking_stopped_by)
     if entry.get("finish_reason") in ("cancelled", "error"):
         out.finish_reason = entry["finish_reason"]
-    skip = {
-        "index",
-        "thinking_stopped_by",
-        "answer",
-        "reasoning_tokens",
-        "completion_tokens",
-        "finish_reason",
-    }
-    skip |= {"answer_confidence", "think_answer_mismatch"}
-    out.extra.update({k: v for k, v in entry.items() if k not in skip})
+    out.extra.update({k: v for k, v in entry.items() if k not in REPORTED_ELSEWHERE})
