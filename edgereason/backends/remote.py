@@ -495,15 +495,17 @@ def load_remote(
     chat_template: str | None = None,
     reasoning_format: str | None = None,
     name: str | None = None,
-    parallel: int = DEFAULT_PARALLEL,
+    parallel: int | None = None,
 ) -> RemoteEngine:
     """An engine over the OpenAI-compatible server at ``openai://HOST:PORT/MODEL``.
 
-    ``api_key`` defaults to $EDGEREASON_REMOTE_API_KEY, then $OPENAI_API_KEY. ``chat_template``: the model's
-    template, for exact thinking budgets when the server does not publish it (``GET /props``, model meta).
-    Raises RemoteUnavailableError when the server cannot be reached.
+    ``api_key``: sent as a bearer token (default $EDGEREASON_REMOTE_API_KEY; $OPENAI_API_KEY is never
+    sent to a server it was not meant for). ``timeout``: seconds one request may take (connecting:
+    ``connect_timeout``). ``chat_template``: the model's template, for exact thinking budgets when the
+    server does not publish it (llama-server's ``GET /props`` does). ``parallel``: concurrent requests
+    when samples go one per request. Raises RemoteUnavailableError when the server cannot be reached.
     """
-    key = api_key or os.environ.get("EDGEREASON_REMOTE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    key = api_key or os.environ.get("EDGEREASON_REMOTE_API_KEY")
     return RemoteEngine(
         parse_remote_url(url),
         api_key=key,
@@ -512,5 +514,5 @@ def load_remote(
         chat_template=chat_template,
         reasoning_format=reasoning_format,
         name=name,
-        parallel=parallel,
+        parallel=parallel or DEFAULT_PARALLEL,
     )

@@ -85,9 +85,10 @@ def continue_prompt(
         out.thinking_stopped_by = "disabled"
     elif budget == 0:  # closed in the prompt, nothing counted (as the local ThinkingController)
         text = CLOSE_TEXT if plan.starts_in_reasoning else ("<think>" + CLOSE_TEXT if plan.may_open else "")
-        prompt += text
-        splitter.feed(text)
-        out.thinking_stopped_by = "budget"
+        if text:
+            prompt += text
+            splitter.feed(text)
+            out.thinking_stopped_by = "budget"
         budget = None
     sampling = {"seed_offset": seed_offset, "temperature": temperature, "top_p": top_p}
     cap = reserve = 0
@@ -105,20 +106,20 @@ def continue_prompt(
             break
         pieces, finish = _completion(eng, prompt, opts, model, limit, sampling, top_logprobs, out)
         stopped = False
-        for piece in pieces:
+        for piece, n_tokens in pieces:
             was = splitter.in_reasoning
             safe, stopped = stops.feed(piece)
             out.add(splitter.feed(safe), emit, index)
-            out.completion_tokens += 1
+            out.completion_tokens += n_tokens
             if was and splitter.in_reasoning:
-                out.reasoning_tokens += 1
+                out.reasoning_tokens += n_tokens
             if was and not splitter.in_reasoning and out.thinking_stopped_by is None:
                 out.thinking_stopped_by = "model"
             prompt += piece
             if stopped:
                 break
         if left is not None:
-            left -= len(pieces)
+            left -= sum(n for _, n in pieces)
         if stopped or finish == "stop":
             out.finish_reason = "stop"
             break
@@ -146,8 +147,12 @@ def _completion(
     sampling: dict[str, Any],
     top_logprobs: int,
     out: RemoteOutput,
-) -> tuple[list[str], FinishReason]:
-    """One /v1/completions request: the generated token texts (from log-probs) and why it ended."""
+) -> tuple[list[tuple[str, int]], FinishReason]:
+    """One /v1/completions request: (text, tokens) pieces, one per token from the log-probs, and why it ended.
+
+    Without per-token texts (or with a UTF-8 character split over tokens) the whole text is one piece
+    counted as ``usage.completion_tokens``.
+    """
     body = eng.body(opts, model, **sampling)
     body.pop("max_tokens", None)
     if limit is not None:
@@ -159,12 +164,13 @@ def _completion(
     if not out.prompt_tokens:
         out.prompt_tokens = int((resp.get("usage") or {}).get("prompt_tokens") or 0)
     entries = completion_logprobs(ch.get("logprobs"))
-    pieces = [e.token for e in entries]
+    finish = finish_reason(ch.get("finish_reason"))
+    if entries and "\ufffd" not in "".join(e.token for e in entries):
+        out.add_logprobs(entries)
+        return [(e.token, 1) for e in entries], finish
     text = (ch.get("reasoning_content") or "") + (ch.get("text") or "")
-    if not pieces or "\ufffd" in "".join(pieces):  # no per-token texts, or split UTF-8: one piece
-        entries, pieces = [], ([text] if text else [])
-    out.add_logprobs(entries)
-    return pieces, finish_reason(ch.get("finish_reason"))
+    n_tokens = int((resp.get("usage") or {}).get("completion_tokens") or 0)
+    return ([(text, n_tokens)] if text or n_tokens else []), finish
 
 
 def _close_thinking(
@@ -192,7 +198,7 @@ def _close_thinking(
     return added + closing
 
 
-# -- self-consistency --- ----------------------------------------------------------------------------------------
+# -- self-consistency -------------------------------------------------------------------------------------------
 def self_consistency(
     eng: RemoteEngine,
     job: RemoteJob,
