@@ -43,7 +43,14 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
         "--model",
         "-m",
         default=None,
-        help="GGUF path, 'default' (embedded SmolLM2), or a name in $EDGEREASON_MODELS_DIR",
+        help="GGUF path, MLX or ONNX folder, openai://HOST:PORT/MODEL, 'default' (embedded SmolLM2), "
+        "or a name in $EDGEREASON_MODELS_DIR",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "llama.cpp", "mlx", "onnx", "remote"],
+        default="auto",
+        help="runtime; auto picks by artefact (.gguf, MLX folder, ONNX genai folder, openai://)",
     )
     p.add_argument("--n-ctx", type=int, default=None, help="context tokens per sequence")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
@@ -139,6 +146,7 @@ def load_engine(args: argparse.Namespace) -> Any:
         args.model,
         n_ctx=args.n_ctx,
         threads=args.threads,
+        backend=getattr(args, "backend", "auto"),
         chat_template=template,
         reasoning_format=args.reasoning_format,
         adapters={spec.name: spec.path for spec in _adapter_specs(args)} or None,

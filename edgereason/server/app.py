@@ -458,6 +458,7 @@ def load_engine(settings: ServerSettings) -> Engine:
         n_ctx=settings.n_ctx,
         threads=settings.threads,
         max_sequences=settings.max_sequences,
+        backend=settings.backend,
         adapters={spec.name: spec.path for spec in settings.adapter_specs()} or None,
         chat_template=template,
         reasoning_format=settings.reasoning_format,

@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -32,6 +32,10 @@ class ServerSettings(BaseSettings):
     model: str | None = Field(
         default=None,
         description="GGUF path, 'default' (embedded SmolLM2), or a name in $EDGEREASON_MODELS_DIR",
+    )
+    backend: Literal["auto", "llama.cpp", "mlx", "onnx", "remote"] = Field(
+        default="auto",
+        description="runtime; auto picks by artefact (.gguf, MLX folder, ONNX folder, openai://)",
     )
     alias: str | None = Field(default=None, description="model name clients use (default: the model's own)")
     host: str = Field(default=DEFAULT_HOST, description="address to bind (loopback by default)")
