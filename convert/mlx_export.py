@@ -46,7 +46,7 @@ def hf_to_mlx(hf_dir: Path, dest: Path, quant: str) -> Path:
     try:
         with contextlib.redirect_stdout(out):  # mlx-lm reports progress with print()
             mlx_convert(str(hf_dir), str(dest), **kwargs)  # type: ignore[operator]
-    except (ValueError, KeyError, OSError) as exc:
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:  # RuntimeError: mlx's loaders
         raise ModelLoadError(f"mlx-lm could not convert {hf_dir}: {type(exc).__name__}: {exc}") from exc
     finally:
         for line in out.getvalue().splitlines():

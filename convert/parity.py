@@ -113,17 +113,19 @@ def _hf_logits_and_greedy(
     vocab = model.config.vocab_size
     if max(token_ids) >= vocab or min(token_ids) < 0:
         raise InvalidRequestError(f"token ids must lie in [0, {vocab})", param="token_ids")
-    # Each greedy step re-runs the whole sequence: no KV-cache API (renamed across transformers releases)
-    # to depend on, and for a reference 32 short steps cost little.
+    # One pass over the prompt, then one token per step on the returned KV cache (use_cache/past_key_values
+    # mean the same in transformers 4.57 and 5).
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([token_ids])).logits[0].float().numpy()
-        sequence = list(token_ids)
+        out = model(input_ids=torch.tensor([token_ids]), use_cache=True)
+        logits = out.logits[0].float().numpy()
         greedy: list[int] = []
         next_id = int(logits[-1].argmax())
         for _ in range(n_new):
             greedy.append(next_id)
-            sequence.append(next_id)
-            next_id = int(model(input_ids=torch.tensor([sequence]), logits_to_keep=1).logits[0, -1].argmax())
+            out = model(
+                input_ids=torch.tensor([[next_id]]), past_key_values=out.past_key_values, use_cache=True
+            )
+            next_id = int(out.logits[0, -1].argmax())
     return logits, greedy
 
 

@@ -118,18 +118,21 @@ def convert(
     quant_name = resolve_quant(to, quant)
     peft_dir = Path(adapter).expanduser() if adapter is not None else None
     _check_request(src_path, out_path, to, peft_dir, merge, force)
-    with _work_dir(out_path) as work:
+    with _work_dir(out_path) as work, _Stages(verify) as stages:
+        stages.next("reading the source")
         source = _prepare_source(src_path, peft_dir if merge else None, work)
         separate_adapter = peft_dir if peft_dir is not None and not merge else None
         if separate_adapter is not None:
             from .adapters import check_adapter_base
 
             check_adapter_base(separate_adapter, source.hf_dir)
+        stages.next(f"exporting {to} {quant_name}")
         staged, adapter_rel = _export(to, source, quant_name, separate_adapter, work)
         parity = None
         if verify:
             from .verify import verify_artifact
 
+            stages.next("verifying against transformers")
             parity = verify_artifact(
                 to,
                 staged,
@@ -139,6 +142,7 @@ def convert(
                 target_adapter=_staged_adapter(to, staged, adapter_rel, work),
                 source_gguf=source.gguf,
             )
+        stages.next("writing")
         model_rel = out_path.name if to == "gguf" else "."
         manifest = build_manifest(
             source={**source.description, "adapter": str(peft_dir) if peft_dir else None, "merged": merge},
@@ -150,6 +154,7 @@ def convert(
             parity=parity,
         )
         result = _publish(to, staged, out_path, adapter_rel, manifest, work)
+        stages.next("done")
     seconds = time.perf_counter() - started
     logger.info("wrote %s (%s %s) in %.1fs", result.path, to, quant_name, seconds)
     return ConvertResult(
@@ -163,11 +168,36 @@ def convert(
     )
 
 
+class _Stages:
+    """A step progress bar over the conversion's stages (on a terminal only)."""
+
+    def __init__(self, verify: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=4 if verify else 3, desc="convert", unit="step", disable=None, leave=False)
+        self.started = False
+
+    def next(self, what: str) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.started = True
+        self.bar.set_description(what)
+        logger.info("%s", what)
+
+    def __enter__(self) -> _Stages:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
 def _check_request(src: Path, out: Path, to: str, peft_dir: Path | None, merge: bool, force: bool) -> None:
     if not src.exists():
         raise ModelLoadError(f"{src} does not exist; pass a Hugging Face checkpoint folder or a .gguf file")
     if src.is_file() and src.suffix != ".gguf":
         raise ModelLoadError(f"{src} is a file but not a .gguf; pass a checkpoint folder or a GGUF file")
+    if src.is_dir():
+        read_hf_config(src)  # config, weights, tokenizer, supported architecture: before anything is written
     if merge and peft_dir is None:
         raise InvalidRequestError("--merge needs --adapter PEFT_DIR", param="merge")
     if peft_dir is not None and not peft_dir.is_dir():
