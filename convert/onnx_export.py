@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ONNX_QUANTS: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")
+# The builder makes fp32, int8 and int4 models for CPU (fp16/bf16 only for GPU providers).
+ONNX_QUANTS: tuple[str, ...] = ("fp32", "int8", "int4")
 GENAI_CONFIG = "genai_config.json"
 _ERROR_TAIL_CHARS = 2000
 

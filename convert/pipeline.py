@@ -108,7 +108,7 @@ def convert(
 
     ``out`` is a ``.gguf`` file for GGUF and a folder for MLX/ONNX; an existing one is replaced only with
     ``force``. ``quant``: GGUF f32|f16|bf16|q8_0|q6_k|q5_k_m|q4_k_m|q4_0, MLX f32|f16|bf16|8|4, ONNX
-    fp32|fp16|int8|int4. ``adapter`` is a PEFT LoRA folder for the source: merged into the weights with
+    fp32|int8|int4. ``adapter`` is a PEFT LoRA folder for the source: merged into the weights with
     ``merge``, otherwise written beside the model in the target's adapter format (GGUF LoRA file, mlx-lm
     adapter folder; ONNX has no separate-adapter export: pass ``merge``). ``verify`` compares the artefact
     with transformers and stores the numbers in the manifest (``ConvertResult.parity``).

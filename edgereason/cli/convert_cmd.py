@@ -14,7 +14,7 @@ from typing import Any
 
 QUANT_HELP = (
     "gguf: f32 f16 bf16 q8_0 q6_k q5_k_m q4_k_m q4_0 (default f16); mlx: f32 f16 bf16 8 4 (default f16); "
-    "onnx: fp32 fp16 int8 int4 (default fp32)"
+    "onnx: fp32 int8 int4 (default fp32)"
 )
 EXIT_VERIFY_FAILED = 1
 
