@@ -14,7 +14,9 @@ from ..errors import EdgeReasonError, InvalidRequestError, MissingExtraError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_SEQUENCES = 16
+# 30 slots: one decode call per step (the engine keeps mixed-sequence calls at <= 30 tokens), and room for
+# three SC@8 requests or thirty single-sequence ones at a time.
+DEFAULT_MAX_SEQUENCES = 30
 PROMPT_ROOM = 384  # context tokens kept for the rendered prompt
 
 
