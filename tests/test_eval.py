@@ -404,3 +404,45 @@ def test_eval_usage_errors_are_one_line() -> None:
     assert twice.returncode == 2 and "listed twice" in twice.stderr
     no_run = run("--compare", "/nonexistent/a", "/nonexistent/b")
     assert no_run.returncode == 2 and "summary.json not found" in no_run.stderr
+
+
+# -- the distilled student's training data (convert/distill.py; no torch needed) ------------------
+def test_teacher_traces_read_back_as_the_gold_answer() -> None:
+    from edgereason.answers import extract_answer, last_reasoning_answer
+    from edgereason.chat.reasoning import CLOSE_TAG
+    from edgereason.convert.distill import knowledge_text, teacher_trace
+
+    for p in arith_problems(200, seed=3, split="train"):
+        trace = teacher_trace(p)
+        reasoning, answer = trace.split(CLOSE_TAG)
+        assert trace.count(CLOSE_TAG) == 1 and "\\boxed{" + p.answer + "}" in answer
+        found = extract_answer(trace)
+        assert found is not None and found.source == "boxed" and found.normalized == p.answer
+        check = last_reasoning_answer(reasoning)
+        assert check is not None and check.normalized == p.answer  # the thinking ends on the answer
+        paragraphs = reasoning.strip().split("\n\n")
+        assert len(paragraphs) == p.steps + 2 and paragraphs[-1].startswith("Wait")  # budget cut points
+        plan = knowledge_text(p)
+        assert "=" not in plan and len(plan.splitlines()) == p.steps + 2
+
+
+def test_role_examples_use_the_lorid_prompts() -> None:
+    from edgereason.convert.distill import ROLES, knowledge_text, role_examples, teacher_trace
+    from edgereason.options import DEFAULT_LORID_PROMPTS
+
+    problems = arith_problems(40, seed=0, split="train")
+    by_role = {role: role_examples(role, problems, seed=0, open_think_share=0.25) for role in ROLES}
+    p = problems[0]
+    assert by_role["ir"][0].user.startswith(DEFAULT_LORID_PROMPTS["ir"]) and by_role["ir"][
+        0
+    ].target == teacher_trace(p)
+    assert by_role["kg"][0].target.startswith("</think>") and by_role["kg"][0].target.endswith(
+        knowledge_text(p)
+    )
+    assert by_role["dr"][0].user.endswith("Knowledge: " + knowledge_text(p))
+    student = by_role["student"]
+    opened = [ex for ex in student if not ex.think_open]
+    assert 0 < len(opened) < len(student) and all(ex.target.startswith("<think>\n") for ex in opened)
+    assert all(ex.user in {q.question for q in problems} for ex in student)
+    with pytest.raises(ValueError):
+        role_examples("critic", problems)
