@@ -185,7 +185,9 @@ class MlxBackend:
         outputs: list[Any] = []
         states: list[Any] = []
         for item in items:
-            cache = self._caches.setdefault(item.slot, self._make_cache(self.model))
+            cache = self._caches.get(item.slot)
+            if cache is None:
+                cache = self._caches[item.slot] = self._make_cache(self.model)
             logits = self.model(mx.array(list(item.tokens), dtype=mx.int32)[None], cache=cache)
             outputs.append(logits[0, -1].astype(mx.float32) if item.want_logits else None)
             states += [c.state for c in cache]
