@@ -11,6 +11,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from .adapters import adapter_gguf, is_peft_dir
 from .backends.base import Backend
 from .chat.reasoning import PromptPlan, ReasoningFormat, Thinking, detect_format, plan_prompt, think_is_open
 from .chat.template import render_chat, validate_messages
@@ -245,12 +246,16 @@ class Engine:
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Load a LoRA adapter GGUF under ``name``, on the engine thread between decode steps.
 
+        For a GGUF model a PEFT folder is converted first (once, cached), on the calling thread.
         Replacing a loaded name is refused: unload it first. Raises ModelLoadError for a bad file.
         """
         if not self.backend.capabilities.lora:
             raise InvalidRequestError(f"the {self.info.format} backend does not support LoRA adapters")
         if not name or "/" in name:
             raise InvalidRequestError(f"invalid adapter name {name!r}", param="lora_name")
+        if self.info.format == "gguf" and self.info.path is not None and is_peft_dir(path):
+            # Converting takes seconds: do it here, not on the engine thread, so decoding goes on.
+            path = adapter_gguf(path, Path(self.info.path))
 
         def run() -> None:
             if name in self._adapter_names:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import re
 import statistics
 import time
@@ -193,13 +194,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # Two requests at once under two adapters: switching every step vs in turns (the default).
             long = {**fields, "max_tokens": CONCURRENT_TOKENS}
             sched = eng.scheduler
-            concurrent: dict[str, list[float]] = {"same": [], "every_step": [], "turns": []}
+            concurrent: dict[str, list[float]] = {"same": [], "every_step": [], "turns": [], "one_switch": []}
             switches: dict[str, int] = {}
+            _concurrent_ms(eng, prompt, long, ["a0", "a1"])  # warm-up
             for _ in range(args.repeats):
                 for key, turn_s, names in (
                     ("same", ADAPTER_TURN_S, ["a0", "a0"]),
                     ("every_step", 0.0, ["a0", "a1"]),
                     ("turns", ADAPTER_TURN_S, ["a0", "a1"]),
+                    ("one_switch", math.inf, ["a0", "a1"]),  # the floor: one request after the other
                 ):
                     sched.adapter_turn_s = turn_s
                     before = sched.adapter_switches
@@ -218,6 +221,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ms_same_adapter": round(best["same"], 1),
             "ms_switch_every_step": round(best["every_step"], 1),
             "ms_in_turns": round(best["turns"], 1),
+            "ms_one_switch": round(best["one_switch"], 1),
             "turn_ms": ADAPTER_TURN_S * 1000,
             "switches_every_step": switches["every_step"],
             "switches_turns": switches["turns"],

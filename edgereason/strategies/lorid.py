@@ -4,8 +4,8 @@ Each iteration runs the intuitive reasoner (IR, answers directly) and, concurren
 generator (KG) followed by the deep reasoner (DR, reasons from the question plus KG's knowledge). Every
 iteration adds IR's answer and DR's answer to two sets; the loop stops at the first iteration where the
 sets intersect. The paper scores no agreement as wrong; here the majority over all answers is returned
-with ``agreed: false``. IR and KG/DR are separate sequences with their own adapter sets, so the
-scheduler decodes them in the same step, each group under its own adapters.
+with ``agreed: false``. IR and KG/DR are separate sequences with their own adapter sets, live at the
+same time; the scheduler decodes each group under its own adapters, the groups taking turns.
 """
 
 from __future__ import annotations
