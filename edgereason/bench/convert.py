@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import ModelLoadError
+
 log = logging.getLogger(__name__)
 
 QWEN05_SHAPE = {"hidden": 896, "heads": 14, "kv_heads": 2, "intermediate": 4864}
@@ -113,9 +115,16 @@ def _format_row(row: dict[str, Any]) -> str:
 
 
 def _make_qwen05(out: Path, layers: int) -> Path:
-    from ..convert.tiny import make_tiny_checkpoint
-
-    return make_tiny_checkpoint("qwen2", out, layers=layers, **QWEN05_SHAPE)
+    # In a child process: the children measured later would otherwise report this process's memory high
+    # water mark (exec records the parent's peak when the child is spawned with vfork).
+    code = (
+        "import sys; from pathlib import Path; from edgereason.convert.tiny import make_tiny_checkpoint; "
+        f"make_tiny_checkpoint('qwen2', Path(sys.argv[1]), layers={layers}, **{QWEN05_SHAPE!r})"
+    )
+    rc, _, _, tail = _run_child([sys.executable, "-c", code, str(out)])
+    if rc != 0:
+        raise ModelLoadError(f"building the 0.5B-shaped checkpoint failed: {tail}")
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
