@@ -31,6 +31,10 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "LlamaForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    # Mamba2 and hybrids: parity-tested in tests/test_hybrid.py (layouts: convert/hybrid.py)
+    "Mamba2ForCausalLM": "mamba2",
+    "BambaForCausalLM": "granitehybrid",
+    "FalconH1ForCausalLM": "falcon-h1",
 }
 _WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")

@@ -129,6 +129,11 @@ def _probe_decode(model_path: str) -> None:
     sys.exit(lib.llama_decode(ctx, batch))
 
 
+def is_recurrent(lib: Any, model: Any) -> bool:
+    """Whether the model keeps recurrent state (Mamba, RWKV) alone or beside a KV cache (hybrids)."""
+    return bool(lib.llama_model_is_recurrent(model) or lib.llama_model_is_hybrid(model))
+
+
 class LlamaSampler:
     """A llama.cpp sampler chain owned by one sequence."""
 
@@ -232,7 +237,9 @@ class LlamaCppBackend:
             n_batch=n_batch,
             mixed_batch_tokens=MIXED_BATCH_TOKENS,
             fork=True,
-            rewind=True,
+            # Recurrent state (Mamba, hybrids) holds one position per sequence: seq_rm cannot drop a
+            # suffix, so the scheduler replays the kept tokens instead (copy_seq still forks the state).
+            rewind=not is_recurrent(lib, model),
             lora=True,
         )
         tpl = lib.llama_model_chat_template(model, None)
