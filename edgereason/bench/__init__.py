@@ -11,7 +11,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-BENCHES = ("decode", "serve", "votes", "budgets", "lora", "convert")
+BENCHES = ("decode", "serve", "votes", "budgets", "lora", "convert", "backends", "hybrid")
 
 
 def add_bench_parser(sub: Any, add_model_flags: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -34,7 +34,7 @@ def add_bench_parser(sub: Any, add_model_flags: Callable[[argparse.ArgumentParse
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from . import budgets, convert, decode, lora, serve, votes
+    from . import backends, budgets, convert, decode, hybrid, lora, serve, votes
 
     runners = {
         "decode": decode.run,
@@ -43,6 +43,8 @@ def run_bench(args: argparse.Namespace) -> int:
         "budgets": budgets.run,
         "lora": lora.run,
         "convert": convert.run,
+        "hybrid": hybrid.run,
+        "backends": backends.run,
     }
     results = runners[args.which](args)
     args.out.mkdir(parents=True, exist_ok=True)
