@@ -126,7 +126,7 @@ class Scheduler:
             adapters=adapters,
             top_logprobs=top_logprobs,
             pending=list(tokens),
-            held=None if self.caps.fork else [],
+            held=None if self.caps.fork and self.caps.rewind else [],
         )
         self.seqs.append(seq)
         return seq
@@ -159,7 +159,7 @@ class Scheduler:
             top_logprobs=top_logprobs,
             n_past=n_past,
             pending=pending,
-            held=None if self.caps.fork else [],
+            held=[] if not self.caps.fork else None if src.held is None else list(src.held),
             tokens=list(src.tokens),
         )
         self.seqs.append(seq)
@@ -183,7 +183,12 @@ class Scheduler:
             seq.n_past -= decoded
             if seq.held is not None:
                 del seq.held[seq.n_past :]
-            self.backend.remove(seq.slot, seq.n_past)
+            if self.caps.rewind:
+                self.backend.remove(seq.slot, seq.n_past)
+            else:  # recurrent state cannot drop a suffix: clear the slot, decode the kept tokens again
+                assert seq.held is not None
+                self.backend.remove(seq.slot, 0)
+                seq.pending[:0], seq.held, seq.n_past = seq.held, [], 0
 
     def pause(self, seq: Seq) -> None:
         if seq.status is Status.ACTIVE:
