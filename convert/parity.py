@@ -114,19 +114,29 @@ def _hf_logits_and_greedy(
     if max(token_ids) >= vocab or min(token_ids) < 0:
         raise InvalidRequestError(f"token ids must lie in [0, {vocab})", param="token_ids")
     # One pass over the prompt, then one token per step on the returned KV cache (use_cache/past_key_values
-    # mean the same in transformers 4.57 and 5).
+    # mean the same in transformers 4.57 and 5). Mamba-family models keep recurrent state in other cache
+    # objects whose incremental path is not a plain past_key_values: they re-run the whole sequence.
+    recurrent = model.config.model_type in _RECURRENT_MODEL_TYPES
     with torch.no_grad():
-        out = model(input_ids=torch.tensor([token_ids]), use_cache=True)
+        out = model(input_ids=torch.tensor([token_ids]), use_cache=not recurrent)
         logits = out.logits[0].float().numpy()
         greedy: list[int] = []
         next_id = int(logits[-1].argmax())
         for _ in range(n_new):
             greedy.append(next_id)
-            out = model(
-                input_ids=torch.tensor([[next_id]]), past_key_values=out.past_key_values, use_cache=True
-            )
+            if recurrent:
+                out = model(input_ids=torch.tensor([token_ids + greedy]), use_cache=False)
+            else:
+                out = model(
+                    input_ids=torch.tensor([[next_id]]), past_key_values=out.past_key_values, use_cache=True
+                )
             next_id = int(out.logits[0, -1].argmax())
     return logits, greedy
+
+
+_RECURRENT_MODEL_TYPES = frozenset(
+    {"mamba", "mamba2", "bamba", "falcon_h1", "granitemoehybrid", "nemotron_h", "jamba"}
+)
 
 
 def _llama_cpp_logits_and_greedy(
