@@ -50,6 +50,7 @@ __all__ = [
 
 BACKENDS = ("auto", "llama.cpp", "mlx", "onnx", "remote")
 REMOTE_SCHEME = "openai://"
+REMOTE_SCHEMES = (REMOTE_SCHEME, "openai+http://", "openai+https://")
 
 
 def pick_backend(model: str | os.PathLike[str] | None, backend: str = "auto") -> str:
@@ -62,7 +63,7 @@ def pick_backend(model: str | os.PathLike[str] | None, backend: str = "auto") ->
         raise InvalidRequestError(
             f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}", param="backend"
         )
-    is_url = model is not None and str(model).startswith(REMOTE_SCHEME)
+    is_url = model is not None and str(model).startswith(REMOTE_SCHEMES)
     if is_url or backend == "remote":
         if not is_url:
             raise InvalidRequestError(
@@ -126,11 +127,28 @@ def load(
         )
         # RemoteEngine has Engine's request API (chat, stream, complete, stream_completion, render, close).
         return cast(Engine, remote)
-    be = _load_backend(
-        kind, model, n_ctx, threads, max_sequences, {k: Path(v) for k, v in (adapters or {}).items()}
-    )
+    from .models import preset_for
+
+    wanted: dict[str, str | Path] = {k: Path(v) for k, v in (adapters or {}).items()}
+    preset = preset_for(model)
+    default_adapters: tuple[tuple[str, float], ...] = ()
+    if preset is not None:
+        if kind != "llama.cpp":
+            raise InvalidRequestError(
+                f"{preset.name!r} is a GGUF model; use backend='llama.cpp'", param="backend"
+            )
+        wanted = {**preset.adapters, **wanted}
+        default_adapters = ((preset.default_adapter, 1.0),)
+        reasoning_format = reasoning_format or preset.reasoning_format
+    be = _load_backend(kind, model, n_ctx, threads, max_sequences, wanted)
     try:
-        return Engine(be, chat_template=chat_template, reasoning_format=reasoning_format)
+        return Engine(
+            be,
+            chat_template=chat_template,
+            reasoning_format=reasoning_format,
+            name=preset.name if preset is not None else None,
+            default_adapters=default_adapters,
+        )
     except BaseException:
         be.close()
         raise

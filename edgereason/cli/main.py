@@ -71,7 +71,7 @@ def add_adapter_flags(p: argparse.ArgumentParser) -> None:
         action="append",
         default=None,
         metavar="NAME=PATH[:SCALE]",
-        help="load a LoRA adapter GGUF (repeatable); select it with --use-adapter NAME",
+        help="load a LoRA adapter: a llama.cpp LoRA GGUF or a PEFT folder, converted on first use (repeatable); select it with --use-adapter NAME",
     )
 
 

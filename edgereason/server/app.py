@@ -77,6 +77,10 @@ def create_app(engine: Engine | None, settings: ServerSettings | None = None) ->
             "n_ctx": eng.backend.capabilities.n_ctx,
             "max_sequences": eng.backend.capabilities.max_sequences,
             "reasoning_format": eng.reasoning_format.value,
+            # Lets a client render raw prompts itself (the remote backend's exact thinking budgets).
+            "chat_template": eng.chat_template,
+            "bos_token": eng.info.bos_token,
+            "eos_token": eng.info.eos_token,
         }
         adapters = [
             {"id": name, "object": "model", "created": 0, "owned_by": "edgereason", "parent": eng.name}
@@ -453,6 +457,11 @@ def load_engine(settings: ServerSettings) -> Engine:
             raise EdgeReasonError(
                 f"cannot read chat template {settings.chat_template}: {exc.strerror}"
             ) from None
+    if settings.model is not None and str(settings.model).startswith(er.REMOTE_SCHEMES):
+        raise EdgeReasonError(
+            f"edgereason serve runs a local model; {settings.model} is already a server: use it directly, "
+            "or er.load() it from Python"
+        )
     engine = er.load(
         settings.model,
         n_ctx=settings.n_ctx,
