@@ -45,18 +45,18 @@ def local(model_path: Path) -> Iterator[er.Engine]:
 
 @pytest.fixture(scope="module")
 def remote(server: Server, local: er.Engine) -> Iterator[RemoteEngine]:
-    # edgereason serve does not publish its chat template: pass it for exact client-side budgets.
-    eng = load_remote(
-        f"openai://{server.base.removeprefix('http://')}/default", chat_template=local.chat_template
-    )
+    # edgereason serve publishes its chat template in /v1/models: exact client-side budgets need no argument.
+    eng = load_remote(f"openai://{server.base.removeprefix('http://')}/default")
+    assert eng.chat_template == local.chat_template
     yield eng
     eng.close()
 
 
 @pytest.fixture(scope="module")
 def bare(server: Server) -> Iterator[RemoteEngine]:
-    """Without a template: budgets are left to the server."""
+    """As against a server that publishes no chat template (vLLM, SGLang): budgets are left to it."""
     eng = load_remote(f"openai://{server.base.removeprefix('http://')}/default")
+    eng.chat_template = None
     yield eng
     eng.close()
 
