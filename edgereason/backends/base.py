@@ -7,7 +7,7 @@ slots ``0 <= slot < capabilities.max_sequences``; the scheduler owns slot alloca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -129,6 +129,15 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def require_loaded(adapters: AdapterSet, loaded: Collection[str]) -> None:
+    """UnknownAdapterError for the first adapter of ``adapters`` that is not in ``loaded``."""
+    from ..errors import UnknownAdapterError
+
+    for name, _ in adapters:
+        if name not in loaded:
+            raise UnknownAdapterError(f"adapter {name!r} is not loaded (loaded: {sorted(loaded) or 'none'})")
 
 
 class ContextFullError(RuntimeError):

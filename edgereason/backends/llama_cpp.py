@@ -31,6 +31,7 @@ from .base import (
     ModelInfo,
     SamplingParams,
     TopLogprobs,
+    require_loaded,
 )
 
 log = logging.getLogger(__name__)
@@ -377,11 +378,7 @@ class LlamaCppBackend:
     def set_adapters(self, adapters: AdapterSet) -> None:
         if adapters == self._active_adapters:
             return
-        for name, _ in adapters:
-            if name not in self._adapters:
-                raise UnknownAdapterError(
-                    f"adapter {name!r} is not loaded (loaded: {self.adapter_names or 'none'})"
-                )
+        require_loaded(adapters, self._adapters)
         n = len(adapters)
         arr = (self._lib.llama_adapter_lora_p_ctypes * max(n, 1))(*[self._adapters[a] for a, _ in adapters])
         scales = (ctypes.c_float * max(n, 1))(*[s for _, s in adapters])

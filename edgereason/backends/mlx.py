@@ -28,6 +28,7 @@ from .base import (
     ModelInfo,
     SamplingParams,
     TopLogprobs,
+    require_loaded,
 )
 from .hf_folder import (
     FolderTokenizer,
@@ -304,11 +305,7 @@ class MlxBackend:
     def set_adapters(self, adapters: AdapterSet) -> None:
         if adapters == self._active_adapters:
             return
-        for name, _ in adapters:
-            if name not in self._adapters:
-                raise UnknownAdapterError(
-                    f"adapter {name!r} is not loaded (loaded: {self.adapter_names or 'none'})"
-                )
+        require_loaded(adapters, self._adapters)
         for placed in self._adapters.values():
             for layer, _ in placed:
                 layer.selected.pairs = []
