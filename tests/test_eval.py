@@ -343,6 +343,70 @@ def test_a_refused_item_is_recorded_not_fatal(engine: er.Engine) -> None:
     assert short.error is None and short.reasoning_tokens == 0 and short.thinking_stopped_by == "budget"
 
 
+# -- resuming an interrupted run -----------------------------------------------------------------
+def test_resumed_strategy_samples_what_the_whole_run_sampled(engine: er.Engine) -> None:
+    """Items keep their seeds when earlier ones are skipped: a resumed SC run votes on the same samples."""
+    items = load_items("arith", limit=3)
+    spec, s = parse_strategy("sc:2"), EvalSettings(max_think=24, answer_tokens=8)
+    whole = run_strategy(engine, items, spec, s, no_progress)
+    seen: list[str] = []
+    done = {whole.records[1].id: whole.records[1]}
+    resumed = run_strategy(
+        engine, items, spec, s, no_progress, done=done, on_record=lambda r: seen.append(r.id), prior_wall_s=5
+    )
+    assert sorted(seen) == [items[0].id, items[2].id] and resumed.wall_s > 5
+    assert resumed.records[1] is whole.records[1]
+    for a, b in zip(whole.records, resumed.records, strict=True):
+        assert (a.id, a.answer, a.reasoning_tokens) == (b.id, b.answer, b.reasoning_tokens)
+        assert a.extra["sample_answers"] == b.extra["sample_answers"]
+
+
+def test_previous_work_is_read_back_and_checked(tmp_path: Path) -> None:
+    from edgereason.eval.resume import PARTIAL_FILE, PartialLog, load_previous, merge_runs
+
+    items = [EvalItem(f"q{i}", f"question {i}", str(i)) for i in range(4)]
+    meta = {"model": "m", "files": {"model": "ab12"}, "items": 4, "settings": {"max_think": 8}}
+    runs = _runs()  # greedy finished (4 items); sc:4 is dropped below, as if interrupted
+    write_run(tmp_path, runs[:1], summarize(runs[:1], meta))
+    log = PartialLog(tmp_path)
+    log.start(parse_strategy("sc:4"), prior_wall_s=2.0)
+    for rec in runs[1].records[:2]:
+        log(rec)
+    log.close()  # an interrupted run: the file stays
+    with (tmp_path / PARTIAL_FILE).open("a") as fh:
+        fh.write('{"record": {"strategy": "sc:4", "id"')  # a torn last line
+    prev = load_previous(tmp_path, meta, items)
+    assert list(prev.finished) == ["greedy"] and prev.finished["greedy"].records == runs[0].records
+    assert prev.finished["greedy"].wall_s == 3.0 and prev.finished["greedy"].concurrency == 16
+    assert list(prev.partial["sc:4"]) == ["q0", "q1"] and prev.partial_wall_s["sc:4"] >= 2.0
+    assert "greedy" in prev.describe() and "sc:4 (2 items)" in prev.describe()
+    order = merge_runs(
+        [parse_strategy("sc:4"), parse_strategy("greedy")], {"greedy": runs[0], "sc:4": runs[1]}
+    )
+    assert [r.spec.label for r in order] == ["sc:4", "greedy"]
+
+    for key, value in [("files", {"model": "cd34"}), ("settings", {"max_think": 16}), ("items", 5)]:
+        with pytest.raises(InvalidRequestError, match=f"differs in {key}") as err:
+            load_previous(tmp_path, {**meta, key: value}, items)
+        assert err.value.param == "resume"
+    (tmp_path / "summary.json").unlink()
+    with pytest.raises(InvalidRequestError, match="cannot tell which run"):
+        load_previous(tmp_path, meta, items)
+    with PartialLog(tmp_path):  # a fresh run starts the file afresh and removes it when done
+        assert (tmp_path / PARTIAL_FILE).read_text() == ""
+    assert not (tmp_path / PARTIAL_FILE).exists()
+    assert load_previous(tmp_path / "empty", meta, items).finished == {}
+
+
+def test_jsonl_ids_must_be_unique(tmp_path: Path) -> None:
+    path = tmp_path / "dup.jsonl"
+    path.write_text(
+        '{"id": "a", "question": "q", "answer": "1"}\n{"id": "a", "question": "r", "answer": "2"}\n'
+    )
+    with pytest.raises(InvalidRequestError, match=":2: id 'a' repeats line 1"):
+        load_items(str(path))
+
+
 # -- end to end: the command as a user runs it --------------------------------------------------
 def test_eval_end_to_end_on_the_embedded_model(tmp_path: Path) -> None:
     out = tmp_path / "run"
@@ -388,6 +452,15 @@ def test_eval_end_to_end_on_the_embedded_model(tmp_path: Path) -> None:
     )
     assert cmp.returncode == 0, cmp.stderr
     assert cmp.stdout.splitlines()[0].startswith("strategy") and "+0.0" in cmp.stdout
+
+    # Resuming a finished run decodes nothing and rewrites the same records; another model is refused.
+    again = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "finished strategies: greedy, sc:2, budget:16" in again.stdout
+    assert [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()] == records
+    other = [*cmd[:-7], "--max-think", "40", "--answer-tokens", "16", "--out", str(out), "--resume"]
+    refused = subprocess.run(other, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "differs in settings" in refused.stderr
 
 
 def test_eval_usage_errors_are_one_line() -> None:

@@ -229,6 +229,7 @@ class LlamaCppBackend:
         self._stack.callback(lib.llama_batch_free, self._batch)
         self._piece_cache: dict[int, bytes] = {}
         self._adapters: dict[str, Any] = {}
+        self.adapter_files: dict[str, Path] = {}  # name -> the LoRA GGUF loaded under it
         self._active_adapters: AdapterSet = ()
         for name, adapter_path in (adapters or {}).items():
             self.load_adapter(name, adapter_path)
@@ -362,11 +363,13 @@ class LlamaCppBackend:
                 f"llama.cpp could not load adapter {name!r} from {info.path}; is it made for this base model?"
             )
         self._adapters[name] = handle
+        self.adapter_files[name] = Path(info.path)
 
     def unload_adapter(self, name: str) -> None:
         handle = self._adapters.pop(name, None)
         if handle is None:
             raise UnknownAdapterError(f"adapter {name!r} is not loaded")
+        self.adapter_files.pop(name, None)
         if any(n == name for n, _ in self._active_adapters):
             self.set_adapters(())
         self._lib.llama_adapter_lora_free(handle)

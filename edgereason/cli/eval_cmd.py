@@ -70,6 +70,11 @@ def add_eval_parser(
     )
     p.add_argument("--seed", type=int, default=0, help="base seed (data and sampling)")
     p.add_argument("--max-sequences", type=int, default=DEFAULT_MAX_SEQUENCES, help="engine sequence slots")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out: keep its finished strategies and items (same model and settings)",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     add_model_flags(p)
@@ -143,33 +148,59 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..eval.data import load_items
     from ..eval.plots import write_plots
     from ..eval.progress import make_progress, no_progress
+    from ..eval.resume import PartialLog, Previous, files_fingerprint, items_digest, load_previous, merge_runs
     from ..eval.runner import check_strategy, run_strategy
     from ..eval.summary import summarize, write_run
 
     settings = _settings(args)
     items = load_items(args.data, split=args.split, limit=args.limit, seed=args.seed)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    runs = []
     with _load_engine(args, settings) as engine:
         for spec in args.strategy:
             check_strategy(engine, spec, settings)
+        model_path = engine.info.path
         meta = {
             "model": str(args.model or "default"),
             "engine_model": engine.name,
             "adapters": engine.adapter_names,
+            "files": files_fingerprint(
+                Path(model_path) if model_path else None, getattr(engine.backend, "adapter_files", {})
+            ),
             "data": args.data,
             "split": args.split if args.data == "arith" else None,
             "items": len(items),
+            "item_ids": items_digest(items),
             "settings": settings.describe(),
             "max_sequences": args.max_sequences,
             "started": started,
             "edgereason": __version__,
         }
-        for spec in args.strategy:
-            run = run_strategy(engine, items, spec, settings, no_progress if args.quiet else make_progress)
-            runs.append(run)
-            write_run(args.out, runs, summarize(runs, meta))  # a long run keeps what it has finished
-            _print_row(spec.label, summarize(runs, meta)["strategies"][spec.label])
+        prev = load_previous(args.out, meta, items) if args.resume else Previous()
+        if args.resume:
+            print(f"resuming {args.out}: {prev.describe()}")
+        done = dict(prev.finished)
+        with PartialLog(args.out, resume=args.resume) as partial:
+            for spec in args.strategy:
+                if spec.label in done:
+                    _print_row(spec.label, summarize([done[spec.label]], meta)["strategies"][spec.label])
+                    continue
+                prior = prev.partial_wall_s.get(spec.label, 0.0)
+                partial.start(spec, prior)
+                done[spec.label] = run_strategy(
+                    engine,
+                    items,
+                    spec,
+                    settings,
+                    no_progress if args.quiet else make_progress,
+                    done=prev.partial.get(spec.label),
+                    on_record=partial,
+                    prior_wall_s=prior,
+                )
+                runs = merge_runs(args.strategy, done)
+                write_run(args.out, runs, summarize(runs, meta))  # a long run keeps what it has finished
+                partial.finish()
+                _print_row(spec.label, summarize(runs, meta)["strategies"][spec.label])
+    runs = merge_runs(args.strategy, done)
     summary = summarize(runs, meta)
     results, summary_path = write_run(args.out, runs, summary)
     print(f"wrote {results} and {summary_path}")

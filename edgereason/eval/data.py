@@ -57,11 +57,19 @@ def _jsonl_items(path: Path, limit: int | None) -> list[EvalItem]:
             param="data",
         )
     items: list[EvalItem] = []
+    seen: dict[str, int] = {}
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            items.append(_parse_line(path, lineno, line))
+            item = _parse_line(path, lineno, line)
+            if item.id in seen:  # records are kept by id (results, resuming)
+                raise InvalidRequestError(
+                    f"{path}:{lineno}: id {item.id!r} repeats line {seen[item.id]}; ids must be unique",
+                    param="data",
+                )
+            seen[item.id] = lineno
+            items.append(item)
             if limit is not None and len(items) >= limit:
                 break
     if not items:

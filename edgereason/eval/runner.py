@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
@@ -166,28 +166,43 @@ def run_strategy(
     spec: StrategySpec,
     settings: EvalSettings,
     progress: ProgressFactory = make_progress,
+    done: Mapping[str, ItemRecord] | None = None,
+    on_record: Callable[[ItemRecord], None] | None = None,
+    prior_wall_s: float = 0.0,
 ) -> StrategyRun:
-    """Every item under ``spec``, as many in flight as the engine's slots hold; records in item order."""
+    """Every item under ``spec``, as many in flight as the engine's slots hold; records in item order.
+
+    ``done``: records (by item id) of an interrupted earlier run, reused as they are; ``on_record`` sees
+    each new record as its item finishes; ``prior_wall_s``: the earlier run's time on this strategy.
+    """
     if not items:
         raise InvalidRequestError("no items to evaluate", param="data")
     check_strategy(engine, spec, settings)
+    done = done or {}
     workers = concurrency_for(engine, spec, settings)
-    bar = progress(len(items), spec.label)
+    todo = [(i, item) for i, item in enumerate(items) if item.id not in done]
+    bar = progress(len(todo), spec.label)
     t0 = time.perf_counter()
+    fresh: dict[str, ItemRecord] = {}
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgereason-eval") as pool:
-            futures = [pool.submit(ask, engine, spec, settings, item, i) for i, item in enumerate(items)]
+            # The item's index, not its place in ``todo``, seeds it: a resumed run samples the same.
+            futures = [pool.submit(ask, engine, spec, settings, item, i) for i, item in todo]
             try:
-                for _ in as_completed(futures):
+                for fut in as_completed(futures):
+                    rec = fut.result()
+                    fresh[rec.id] = rec
+                    if on_record is not None:
+                        on_record(rec)
                     bar.update(1)
             except BaseException:  # Ctrl-C: drop what has not started; running requests finish
                 for f in futures:
                     f.cancel()
                 raise
-            records = [f.result() for f in futures]
     finally:
         bar.close()
-    return StrategyRun(spec, records, time.perf_counter() - t0, workers)
+    records = [done.get(item.id) or fresh[item.id] for item in items]
+    return StrategyRun(spec, records, prior_wall_s + time.perf_counter() - t0, workers)
 
 
 def run_eval(
