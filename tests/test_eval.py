@@ -443,6 +443,18 @@ def test_eval_end_to_end_on_the_embedded_model(tmp_path: Path) -> None:
 
     for name in ("budgets.png", "self_consistency.png", "strategies.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    table = (out / "table.md").read_text().splitlines()
+    assert (
+        table[0].startswith("| strategy | accuracy % [95% CI]")
+        and len([x for x in table if x.startswith("| ")]) == 4
+    )
+    shown = subprocess.run(
+        [sys.executable, "-m", "edgereason", "eval", "--table", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0 and shown.stdout.splitlines() == table
 
     cmp = subprocess.run(
         [sys.executable, "-m", "edgereason", "eval", "--compare", str(out), str(out)],

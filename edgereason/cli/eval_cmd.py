@@ -53,6 +53,7 @@ def add_eval_parser(
     p.add_argument(
         "--out", type=Path, default=None, help="output directory (results.jsonl, summary.json, PNGs)"
     )
+    p.add_argument("--table", type=Path, metavar="DIR", help="print a run's summary as a Markdown table")
     p.add_argument(
         "--compare", nargs=2, type=Path, metavar=("DIR1", "DIR2"), help="print two runs side by side"
     )
@@ -85,9 +86,14 @@ def add_eval_parser(
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.compare:
         return _compare(args.compare)
+    if args.table:
+        from ..eval.summary import load_summary, markdown_table
+
+        print(markdown_table(load_summary(args.table)), end="")
+        return 0
     if not args.strategy or args.out is None:
         raise InvalidRequestError(
-            "eval needs --strategy S (repeatable) and --out DIR, or --compare DIR1 DIR2"
+            "eval needs --strategy S (repeatable) and --out DIR, or --compare DIR1 DIR2, or --table DIR"
         )
     labels = [s.label for s in args.strategy]
     if len(set(labels)) != len(labels):
@@ -150,7 +156,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..eval.progress import make_progress, no_progress
     from ..eval.resume import PartialLog, Previous, files_fingerprint, items_digest, load_previous, merge_runs
     from ..eval.runner import check_strategy, run_strategy
-    from ..eval.summary import summarize, write_run
+    from ..eval.summary import TABLE_FILE, markdown_table, summarize, write_run
 
     settings = _settings(args)
     items = load_items(args.data, split=args.split, limit=args.limit, seed=args.seed)
@@ -203,7 +209,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     runs = merge_runs(args.strategy, done)
     summary = summarize(runs, meta)
     results, summary_path = write_run(args.out, runs, summary)
-    print(f"wrote {results} and {summary_path}")
+    table = args.out / TABLE_FILE
+    table.write_text(markdown_table(summary), encoding="utf-8")
+    print(f"wrote {results}, {summary_path} and {table}")
     if not args.no_plots:
         try:
             for png in write_plots(summary, args.out):

@@ -146,3 +146,30 @@ def compare_table(a: dict[str, Any], b: dict[str, Any], name_a: str = "A", name_
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+TABLE_FILE = "table.md"
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The run as a Markdown table (the README's form): one row per strategy."""
+    meta = summary.get("meta", {})
+    lines = [
+        "| strategy | accuracy % [95% CI] | n | mean tokens | reasoning tokens | samples | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, row in summary["strategies"].items():
+        lo, hi = row["ci95"]
+        errors = f" ({row['errors']} errors)" if row.get("errors") else ""
+        lines.append(
+            f"| {label} | {100 * row['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]{errors} | {row['n']} | "
+            f"{row['mean_tokens']:.1f} | {row['mean_reasoning_tokens']:.1f} | {row['mean_samples']:.2f} | "
+            f"{row['wall_s']:.0f} |"
+        )
+    if meta:
+        where = f"{meta.get('data')}" + (f" ({meta['split']} split)" if meta.get("split") else "")
+        lines.append("")
+        lines.append(
+            f"Model {meta.get('model')}, {meta.get('items')} items of {where}, settings {meta.get('settings')}."
+        )
+    return "\n".join(lines) + "\n"
