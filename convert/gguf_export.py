@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import secrets
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -34,6 +35,7 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     # Mamba2 and hybrids: parity-tested in tests/test_hybrid.py (layouts: convert/hybrid.py)
     "Mamba2ForCausalLM": "mamba2",
     "BambaForCausalLM": "granitehybrid",
+    "GraniteMoeHybridForCausalLM": "granitehybrid",
     "FalconH1ForCausalLM": "falcon-h1",
 }
 _WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
@@ -91,11 +93,25 @@ def read_hf_config(src: Path) -> dict[str, Any]:
         raise ModelLoadError(
             f"{src} has no tokenizer ({', '.join(_TOKENIZER_FILES)}); save the tokenizer into the folder"
         )
+    # -- hybrids (convert/m1.py, convert/hybrid.py): M1/MambaInLlama folders are Llama configs plus a
+    # mamba_config.json; they convert through an exact Bamba rewrite. Unsupported layouts fail here.
+    from .m1 import check_m1_checkpoint, is_m1_checkpoint
+
+    if is_m1_checkpoint(src):
+        check_m1_checkpoint(src)
+        return config
+    # -- end hybrids
     architectures = config.get("architectures") or []
     arch = architectures[0] if architectures else config.get("model_type", "unknown")
     if arch not in SUPPORTED_ARCHITECTURES:
         supported = ", ".join(f"{name} ({cls})" for cls, name in SUPPORTED_ARCHITECTURES.items())
-        raise ModelLoadError(f"{src}: architecture {arch} is not supported; supported: {supported}")
+        raise ModelLoadError(
+            f"{src}: architecture {arch} is not supported; supported: {supported}, and M1/MambaInLlama "
+            "folders (mamba_config.json)"
+        )
+    from .hybrid import check_hybrid_layout
+
+    check_hybrid_layout(config)
     return config
 
 
@@ -140,8 +156,15 @@ def hf_to_gguf(src: Path, out: Path, outtype: OutType = "f32", *, force: bool = 
     check_output_path(out, force)
     config = read_hf_config(src)
     with atomic_output(out) as tmp:
-        _convert(src, tmp, outtype)
-    logger.info("converted %s (%s) to %s as %s", src, config["architectures"][0], out, outtype)
+        # -- M1/MambaInLlama: rewritten as Bamba beside the output (convert/m1.py), then converted
+        if (src / "mamba_config.json").is_file():
+            from .m1 import m1_to_bamba
+
+            with tempfile.TemporaryDirectory(dir=out.parent, prefix=".edgereason-m1-") as bamba:
+                _convert(m1_to_bamba(src, Path(bamba)), tmp, outtype)
+        else:
+            _convert(src, tmp, outtype)
+    logger.info("converted %s (%s) to %s as %s", src, (config.get("architectures") or ["?"])[0], out, outtype)
     return out
 
 
@@ -159,9 +182,13 @@ def _convert(src: Path, dest: Path, outtype: OutType) -> None:
         "bf16": gguf.LlamaFileType.MOSTLY_BF16,
         "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
     }
+    from .hybrid import hub_layer_types  # -- hybrids: Granite layer kinds, llama3-RoPE Bamba/M1
+    from .m1 import allow_hybrid_rope_freqs
+
+    allow_hybrid_rope_freqs()
     try:
         with torch.inference_mode():
-            hparams = ModelBase.load_hparams(src, False)
+            hparams = hub_layer_types(ModelBase.load_hparams(src, False))  # -- hybrids (convert/hybrid.py)
             model_class = get_model_class(get_model_architecture(hparams, ModelType.TEXT), mmproj=False)
             model = model_class(src, file_types[outtype], dest, hparams=hparams)
             model.write()

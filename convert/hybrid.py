@@ -10,7 +10,6 @@ Mamba2, grouped B/C), ``bamba`` (Mamba2 layers with Llama attention at listed in
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -250,22 +249,19 @@ def make_tiny_hybrid(
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    if arch == "granitemoehybrid":
-        _write_hub_layer_types(out_dir)
     logger.info("wrote tiny %s checkpoint (%d params) to %s", arch, model.num_parameters(), out_dir)
     return out_dir
 
 
-def _write_hub_layer_types(out_dir: Path) -> None:
-    """Save Granite's layer kinds as released checkpoints spell them ("mamba"/"attention").
+def hub_layer_types(hparams: dict[str, Any]) -> dict[str, Any]:
+    """``hparams`` with Granite's layer kinds spelled as released checkpoints do ("mamba"/"attention").
 
-    transformers 5 rewrites them as "linear_attention"/"full_attention" on save, names llama.cpp's
-    converter does not know (it would take every layer for Mamba2).
+    transformers 5 reads them as "linear_attention"/"full_attention" (the converter loads configs through
+    it), names llama.cpp's converter does not know: it would take every layer for Mamba2.
     """
-    path = out_dir / "config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    config["layer_types"] = [_HUB_LAYER_TYPES.get(t, t) for t in config["layer_types"]]
-    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    if types := hparams.get("layer_types"):
+        hparams = {**hparams, "layer_types": [_HUB_LAYER_TYPES.get(t, t) for t in types]}
+    return hparams
 
 
 def _randomise_mixers(model: Any) -> None:
@@ -300,8 +296,9 @@ def hybrid_layout(config: dict[str, Any]) -> str:
 
 SUPPORTED_HYBRIDS = (
     "Mamba2ForCausalLM; BambaForCausalLM with full RoPE (Mamba2 layers, Llama attention at "
-    "attn_layer_indices, SiLU MLPs); FalconH1ForCausalLM with untied embeddings or equal "
-    "embedding/lm_head multipliers"
+    "attn_layer_indices, SiLU MLPs); GraniteMoeHybridForCausalLM without experts (Mamba2 and NoPE "
+    "attention by layer_types); FalconH1ForCausalLM with untied embeddings or equal "
+    "embedding/lm_head multipliers; M1/MambaInLlama folders (mamba_config.json, see convert/m1.py)"
 )
 
 
@@ -335,10 +332,10 @@ def hybrid_layout_problems(config: dict[str, Any]) -> list[str]:
                 "the embedding multiplier into the one shared matrix)"
             )
     elif arch == "GraniteMoeHybridForCausalLM":
-        problems.append(
-            "transformers 5 reads layer_types as linear_attention/full_attention, which this converter "
-            "version maps to Mamba2 for every layer"
-        )
+        if (config.get("num_local_experts") or 0) > 0:
+            problems.append("mixture-of-experts layers (only dense GraniteMoeHybrid is parity-tested)")
+        if not any(t in ("attention", "full_attention") for t in config.get("layer_types") or []):
+            problems.append("no attention layer in layer_types")
     return problems
 
 

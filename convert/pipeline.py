@@ -252,6 +252,13 @@ def _prepare_source(src: Path, merge_adapter_dir: Path | None, work: Path) -> _S
     else:
         hf_dir = src
         description = {"kind": "hf", "path": str(src.resolve())}
+    # -- M1/MambaInLlama (convert/m1.py): the exact Bamba rewrite is what gets exported and verified
+    from .m1 import is_m1_checkpoint, m1_to_bamba
+
+    if is_m1_checkpoint(hf_dir):
+        description["layout"] = "m1"
+        hf_dir = m1_to_bamba(hf_dir, work / "m1-as-bamba")
+    # -- end M1
     config = read_hf_config(hf_dir)
     if merge_adapter_dir is not None:
         from .adapters import merge_adapter

@@ -17,10 +17,11 @@ from edgereason.backends.llama_cpp import LlamaCppBackend
 from edgereason.convert.gguf_export import SUPPORTED_ARCHITECTURES, hf_to_gguf, read_hf_config
 from edgereason.convert.hybrid import HYBRID_CLASSES, check_hybrid_layout, make_tiny_hybrid
 from edgereason.convert.parity import logits_parity
+from edgereason.convert.pipeline import convert
 from edgereason.errors import ModelLoadError
 from edgereason.scheduler import Scheduler, Seq
 
-VERIFIED = ("mamba2", "bamba", "falcon_h1")
+VERIFIED = ("mamba2", "bamba", "granitemoehybrid", "falcon_h1")
 PARITY_TOKENS = list(range(1000, 1032))  # 32 positions
 PROMPT = "Q: What is 12 + 7?\nA:"
 
@@ -101,8 +102,9 @@ def test_unsupported_hybrid_architecture_names_the_supported_ones(tmp_path: Path
                 "architectures": ["GraniteMoeHybridForCausalLM"],
                 "num_hidden_layers": 2,
                 "layer_types": ["mamba", "attention"],
+                "num_local_experts": 8,
             },
-            "linear_attention/full_attention",
+            "mixture-of-experts",
         ),
         (
             {
@@ -120,6 +122,19 @@ def test_unsupported_hybrid_architecture_names_the_supported_ones(tmp_path: Path
 def test_unsupported_hybrid_layout_is_rejected_clearly(config: dict, why: str) -> None:
     with pytest.raises(ModelLoadError, match=f"{why}.*Supported hybrids: Mamba2ForCausalLM"):
         check_hybrid_layout(config)
+
+
+def test_unsupported_layout_fails_before_conversion(tmp_path: Path) -> None:
+    src = tmp_path / "bamba"
+    src.mkdir()
+    _config(src, architectures=["BambaForCausalLM"], num_hidden_layers=4, attn_layer_indices=[1],
+            hidden_size=64, num_attention_heads=4, attn_rotary_emb=8)  # fmt: skip
+    with pytest.raises(ModelLoadError, match="partial RoPE.*Supported hybrids"):
+        read_hf_config(src)
+    out = tmp_path / "out.gguf"
+    with pytest.raises(ModelLoadError, match="partial RoPE"):
+        convert(src, out, to="gguf", quant="f32")
+    assert not out.exists() and list(tmp_path.iterdir()) == [src]
 
 
 def test_supported_layouts_pass_the_layout_check(converted: tuple[Path, Path]) -> None:
@@ -160,6 +175,10 @@ def test_recurrent_model_declares_no_rewind(backend: LlamaCppBackend) -> None:
 
 
 def test_forked_samples_equal_independent_runs(backend: LlamaCppBackend) -> None:
+    assert_forks_equal_independent_runs(backend)
+
+
+def assert_forks_equal_independent_runs(backend: LlamaCppBackend) -> None:
     """Self-consistency's shape: one prefilled prompt, N forks of its recurrent+KV state, N seeds."""
     prompt = backend.tokenize(PROMPT, add_bos=True)
     seeds = [11, 12, 13]
@@ -197,6 +216,11 @@ def test_forked_samples_equal_independent_runs(backend: LlamaCppBackend) -> None
 
 
 def test_rewind_of_decoded_tokens_replays_the_kept_ones(backend: LlamaCppBackend) -> None:
+    assert_rewind_replays_kept_tokens(backend)
+
+
+def assert_rewind_replays_kept_tokens(backend: LlamaCppBackend) -> None:
+    """A scheduler rewind on a recurrent model (no rewind capability) gives the run without the rewind."""
     prompt = backend.tokenize(PROMPT, add_bos=True)
     sched = Scheduler(backend)
     first = Collect(sched, 8)
@@ -231,6 +255,11 @@ def engine(bamba_gguf: Path) -> Iterator[er.Engine]:
 
 
 def test_generation_budgets_and_self_consistency_run(engine: er.Engine) -> None:
+    assert_engine_features_run(engine)
+
+
+def assert_engine_features_run(engine: er.Engine) -> None:
+    """Plain generation, a thinking budget and self-consistency through the engine."""
     msgs = [{"role": "user", "content": "What is 12 + 7?"}]
     plain = engine.chat(msgs, max_tokens=12, temperature=0.0, ignore_eos=True, thinking=False).choices[0]
     assert plain.completion_tokens == 12 and plain.finish_reason == "length"
