@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .gguf_export import hf_to_gguf
+    from .m1 import m1_to_bamba, make_tiny_m1
     from .manifest import manifest_path_for, read_manifest
     from .parity import logits_parity
     from .pipeline import ConvertResult, convert
@@ -22,7 +23,9 @@ __all__ = [
     "embedded_gguf_path",
     "hf_to_gguf",
     "logits_parity",
+    "m1_to_bamba",
     "make_tiny_checkpoint",
+    "make_tiny_m1",
     "manifest_path_for",
     "qwen_tokenizer_dir",
     "read_manifest",
@@ -36,6 +39,8 @@ _HOMES = {
     "hf_to_gguf": "gguf_export",
     "logits_parity": "parity",
     "make_tiny_checkpoint": "tiny",
+    "make_tiny_m1": "m1",  # M1/MambaInLlama hybrids (convert/m1.py)
+    "m1_to_bamba": "m1",
     "qwen_tokenizer_dir": "tiny",
     "embedded_gguf_path": "tiny",
 }

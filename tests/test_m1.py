@@ -22,6 +22,7 @@ from edgereason.convert.m1 import (
     M1_CONFIG_NAME,
     bamba_tensors,
     load_m1_weights,
+    m1_to_bamba,
     make_tiny_m1,
     mamba_from_attention,
     read_m1_config,
@@ -141,6 +142,16 @@ def test_bamba_rewrite_repeats_x_and_b_per_head_and_pads_zero_heads(tiny_m1: Pat
     assert out.shape == (64, 128) and not out[:, 64:].any()
     assert bamba["model.layers.0.mamba.conv1d.weight"].shape == (3 * 128, 1, 4)
     assert "model.layers.1.self_attn.q_proj.weight" in bamba  # attention layer 1 kept as is
+
+
+def test_bamba_rewrite_computes_the_reference_in_transformers(tiny_m1: Path, tmp_path: Path) -> None:
+    from transformers import BambaForCausalLM
+
+    bamba = BambaForCausalLM.from_pretrained(m1_to_bamba(tiny_m1, tmp_path / "bamba"), dtype=torch.float32)
+    with torch.no_grad():
+        theirs = bamba.eval()(input_ids=torch.tensor([PARITY_TOKENS])).logits[0].double()
+    ours = M1Reference.from_pretrained(tiny_m1).forward(PARITY_TOKENS)
+    assert (ours - theirs).abs().max() < 1e-4
 
 
 # -- llama.cpp ----------------------------------------------------------------------------------------
