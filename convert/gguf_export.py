@@ -146,7 +146,8 @@ def hf_to_gguf(src: Path, out: Path, outtype: OutType = "f32", *, force: bool = 
     """Convert the checkpoint folder ``src`` to the GGUF file ``out`` and return ``out``.
 
     The file is written under a temporary name in ``out``'s folder and renamed when complete, so ``out``
-    is never a truncated artefact. An existing ``out`` is replaced only with ``force=True``.
+    is never a truncated artefact. An existing ``out`` is replaced only with ``force=True``. An M1/MambaInLlama
+    folder (``mamba_config.json``) is converted through its exact Bamba rewrite (``convert.m1.m1_to_bamba``).
     """
     src, out = Path(src).expanduser(), Path(out).expanduser()
     if outtype not in OUT_TYPES:

@@ -406,7 +406,7 @@ def bamba_config(config: M1Config, llama: dict[str, Any]) -> dict[str, Any]:
         "bos_token_id": llama.get("bos_token_id"),
         "eos_token_id": llama.get("eos_token_id"),
         "pad_token_id": llama.get("pad_token_id"),
-        "dtype": "float32",
+        "dtype": llama.get("dtype") or llama.get("torch_dtype") or "float32",
     }
 
 

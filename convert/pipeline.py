@@ -198,6 +198,14 @@ def _check_request(src: Path, out: Path, to: str, peft_dir: Path | None, merge: 
         raise ModelLoadError(f"{src} is a file but not a .gguf; pass a checkpoint folder or a GGUF file")
     if src.is_dir():
         read_hf_config(src)  # config, weights, tokenizer, supported architecture: before anything is written
+    # -- M1/MambaInLlama (convert/m1.py): only the GGUF path (llama.cpp's granitehybrid) is parity-tested
+    if src.is_dir() and to != "gguf" and (src / "mamba_config.json").is_file():
+        raise InvalidRequestError(
+            f"{src} is an M1/MambaInLlama checkpoint; it converts to GGUF only (--to gguf), which llama.cpp "
+            "runs as an exact Bamba rewrite",
+            param="to",
+        )
+    # -- end M1
     if merge and peft_dir is None:
         raise InvalidRequestError("--merge needs --adapter PEFT_DIR", param="merge")
     if peft_dir is not None and not peft_dir.is_dir():

@@ -29,7 +29,7 @@ from edgereason.convert.m1 import (
 )
 from edgereason.convert.m1_reference import M1Reference, m1_parity, selective_scan
 from edgereason.convert.pipeline import convert
-from edgereason.errors import ModelLoadError
+from edgereason.errors import InvalidRequestError, ModelLoadError
 from tests.test_hybrid import (
     PARITY_TOKENS,
     assert_engine_features_run,
@@ -259,3 +259,9 @@ def test_convert_refuses_an_unsupported_m1_before_writing(tiny_m1: Path, tmp_pat
     with pytest.raises(ModelLoadError, match="D per channel"):
         convert(src, out, to="gguf", quant="f32")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
+
+
+def test_m1_converts_to_gguf_only(tiny_m1: Path, tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequestError, match="GGUF only"):
+        convert(tiny_m1, tmp_path / "mlx", to="mlx")
+    assert list(tmp_path.iterdir()) == []
