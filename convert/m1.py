@@ -21,7 +21,8 @@ x and B rows (and their conv channels) are duplicated per head, so ``n_groups = 
 grouped gated norm is M1's per-head norm. The vendored llama.cpp's granitehybrid graph also requires
 ``d_inner == 2 * d_model`` (GGML_ASSERT); M1 has d_inner = d_model, so the rewrite appends zero heads (zero
 in_proj rows, conv channels and out_proj columns): their state stays 0, their norm group is their own, they
-add exactly 0. Both are exact, at the cost of 2x SSM state and mixer compute in llama.cpp.
+add exactly 0. Both are exact, but cost memory and compute: 2x SSM state, ~3x Mamba in_proj rows, 2x out_proj
+columns (a Llama-3.2-3B-shaped M1 grows from ~3.4B to ~4.7B parameters in the GGUF).
 """
 
 from __future__ import annotations
