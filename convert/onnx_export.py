@@ -57,10 +57,23 @@ def hf_to_onnx(hf_dir: Path, dest: Path, quant: str, *, cache_dir: Path) -> Path
         logger.debug("builder: %s", line)
     if proc.returncode != 0 or not (dest / GENAI_CONFIG).is_file():
         tail = (proc.stderr or proc.stdout)[-_ERROR_TAIL_CHARS:]
+        if "NotImplementedError" in tail:  # the builder's answer to an architecture it has no recipe for
+            arch = _architecture(hf_dir)
+            raise ModelLoadError(
+                f"onnxruntime-genai's builder cannot export {arch} ({hf_dir}); convert it to GGUF instead "
+                f"(--to gguf). Builder said:\n{tail.strip().splitlines()[-1]}"
+            )
         raise ModelLoadError(
             f"onnxruntime-genai's builder failed on {hf_dir} (exit {proc.returncode}):\n{tail}"
         )
     return dest
+
+
+def _architecture(hf_dir: Path) -> str:
+    try:
+        return str(json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))["architectures"][0])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return "this architecture"
 
 
 def _decoder_config(folder: Path) -> dict[str, Any]:

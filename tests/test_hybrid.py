@@ -137,6 +137,15 @@ def test_unsupported_layout_fails_before_conversion(tmp_path: Path) -> None:
     assert not out.exists() and list(tmp_path.iterdir()) == [src]
 
 
+def test_onnx_export_of_a_hybrid_names_the_architecture(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime_genai")
+    hf = make_tiny_hybrid("bamba", tmp_path / "hf")
+    out = tmp_path / "onnx"
+    with pytest.raises(ModelLoadError, match="cannot export BambaForCausalLM.*--to gguf"):
+        convert(hf, out, to="onnx", quant="fp32")
+    assert not out.exists()
+
+
 def test_supported_layouts_pass_the_layout_check(converted: tuple[Path, Path]) -> None:
     check_hybrid_layout(json.loads((converted[0] / "config.json").read_text()))
 
