@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -377,6 +378,19 @@ def distill_demo(
         adapters[role] = gguf
         reports[role] = {**report, "file": gguf.name, "bytes": gguf.stat().st_size, "sha256": _sha256(gguf)}
     accuracy = evaluate_adapters(base_gguf, adapters, settings)
+    return write_manifest(out_dir, base_gguf, settings, reports, accuracy, time.perf_counter() - t0)
+
+
+def write_manifest(
+    out_dir: Path,
+    base_gguf: Path,
+    settings: DistillSettings,
+    reports: dict[str, Any],
+    accuracy: dict[str, Any],
+    total_s: float,
+) -> dict[str, Any]:
+    """``manifest.json`` beside the adapters: the recipe's settings, each adapter's training report and
+    file hash, and the dev-set accuracies."""
     manifest = {
         "recipe": "edgereason.convert.distill",
         "base": {"file": base_gguf.name, "sha256": _sha256(base_gguf)},
@@ -385,16 +399,65 @@ def distill_demo(
             "generator": "edgereason.evaldata.arith_problems",
             "split": "train",
             "seed": settings.seed,
-            "problems_per_role": n_train,
+            "problems_per_role": settings.steps * settings.batch_size,
             "eval_split": "dev",
         },
         "adapters": reports,
         "accuracy": accuracy,
-        "total_s": round(time.perf_counter() - t0, 1),
+        "total_s": round(total_s, 1),
         "versions": _versions(),
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
+
+
+_LOG_ROLE = re.compile(r"training (\w+) on (\d+) examples")
+_LOG_STEP = re.compile(r"step (\d+)/(\d+) loss ([\d.]+) \(([\d.]+) s\)")
+
+
+def reports_from_log(text: str) -> dict[str, dict[str, Any]]:
+    """Training reports recovered from this script's own log (``--measure --train-log``): examples,
+    steps, the losses it logged (every 10th step and the last) and the training time, per role."""
+    reports: dict[str, dict[str, Any]] = {}
+    role: str | None = None
+    for line in text.splitlines():
+        if m := _LOG_ROLE.search(line):
+            role = m.group(1)
+            reports[role] = {"examples": int(m.group(2)), "losses_logged": {}, "source": "training log"}
+        elif (m := _LOG_STEP.search(line)) and role is not None:
+            rep = reports[role]
+            rep["steps"] = int(m.group(2))
+            rep["losses_logged"][int(m.group(1))] = float(m.group(3))
+            rep["train_s"] = float(m.group(4))
+    for rep in reports.values():
+        logged = list(rep["losses_logged"].values())
+        rep["loss_first"], rep["loss_last"] = (logged[0], logged[-1]) if logged else (None, None)
+    return reports
+
+
+def measure_existing(
+    out_dir: Path, settings: DistillSettings, roles: Sequence[str], train_log: Path | None = None
+) -> dict[str, Any]:
+    """Measure adapters already in ``out_dir`` (trained earlier by this recipe with ``settings``) and
+    write their manifest; training details come from the run's log when given."""
+    t0 = time.perf_counter()
+    base_gguf = embedded_gguf_path()
+    adapters = {role: out_dir / f"{role}.gguf" for role in roles}
+    missing = [str(p) for p in adapters.values() if not p.is_file()]
+    if missing:
+        raise EdgeReasonError(f"no adapter to measure: {', '.join(missing)} not found")
+    logged = reports_from_log(train_log.read_text(encoding="utf-8")) if train_log else {}
+    reports = {
+        role: {
+            **logged.get(role, {}),
+            "file": path.name,
+            "bytes": path.stat().st_size,
+            "sha256": _sha256(path),
+        }
+        for role, path in adapters.items()
+    }
+    accuracy = evaluate_adapters(base_gguf, adapters, settings)
+    return write_manifest(out_dir, base_gguf, settings, reports, accuracy, time.perf_counter() - t0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -409,6 +472,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-problems", type=int, default=None, help="dev problems measured (0: none)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--smoke", action="store_true", help="a few steps on a few examples (pipeline check)")
+    parser.add_argument(
+        "--measure",
+        action="store_true",
+        help="no training: measure the adapters in OUT and write the manifest",
+    )
+    parser.add_argument("--train-log", type=Path, default=None, help="with --measure: the training run's log")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("edgereason.backends.llama_cpp").setLevel(logging.ERROR)
@@ -422,7 +491,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in given.items() if v is not None}
     settings = dataclasses.replace(settings, **overrides)
     try:
-        manifest = distill_demo(args.out, settings, args.roles, args.work)
+        if args.measure:
+            manifest = measure_existing(args.out, settings, args.roles, args.train_log)
+        else:
+            manifest = distill_demo(args.out, settings, args.roles, args.work)
     except EdgeReasonError as exc:
         logger.error("error: %s", exc)
         return 2

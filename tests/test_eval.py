@@ -531,3 +531,32 @@ def test_role_examples_use_the_lorid_prompts() -> None:
     assert all(ex.user in {q.question for q in problems} for ex in student)
     with pytest.raises(ValueError):
         role_examples("critic", problems)
+
+
+def test_training_reports_from_the_log(tmp_path: Path) -> None:
+    from edgereason.convert.distill import DistillSettings, measure_existing, reports_from_log
+    from edgereason.errors import EdgeReasonError
+
+    log = "\n".join(
+        [
+            "2026-11-29 06:10:34,814 training student on 360 examples",
+            "2026-11-29 06:10:40,000 step 1/90 loss 1.5459 (5.2 s)",
+            "Loading weights: 100%|####| 272/272",
+            "2026-11-29 06:55:00,000 step 90/90 loss 0.0281 (2702.3 s)",
+            "2026-11-29 06:55:10,000 training kg on 360 examples",
+            "2026-11-29 06:55:12,000 step 1/90 loss 1.7264 (2.5 s)",
+        ]
+    )
+    reports = reports_from_log(log)
+    assert reports["student"] == {
+        "examples": 360,
+        "steps": 90,
+        "losses_logged": {1: 1.5459, 90: 0.0281},
+        "train_s": 2702.3,
+        "loss_first": 1.5459,
+        "loss_last": 0.0281,
+        "source": "training log",
+    }
+    assert reports["kg"]["loss_last"] == 1.7264 and list(reports) == ["student", "kg"]
+    with pytest.raises(EdgeReasonError, match="student.gguf not found"):
+        measure_existing(tmp_path, DistillSettings(), ["student"])
