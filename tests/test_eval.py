@@ -389,6 +389,10 @@ def test_previous_work_is_read_back_and_checked(tmp_path: Path) -> None:
         with pytest.raises(InvalidRequestError, match=f"differs in {key}") as err:
             load_previous(tmp_path, {**meta, key: value}, items)
         assert err.value.param == "resume"
+    # Interrupted during the first strategy: the summary (written before any work) has no strategies yet.
+    write_run(tmp_path, [], summarize([], meta))
+    first = load_previous(tmp_path, meta, items)
+    assert first.finished == {} and list(first.partial["sc:4"]) == ["q0", "q1"]
     (tmp_path / "summary.json").unlink()
     with pytest.raises(InvalidRequestError, match="cannot tell which run"):
         load_previous(tmp_path, meta, items)

@@ -185,6 +185,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         if args.resume:
             print(f"resuming {args.out}: {prev.describe()}")
         done = dict(prev.finished)
+        # The run's identity goes on disk before any work, so even the first strategy can be resumed.
+        runs = merge_runs(args.strategy, done)
+        write_run(args.out, runs, summarize(runs, meta))
         with PartialLog(args.out, resume=args.resume) as partial:
             for spec in args.strategy:
                 if spec.label in done:
