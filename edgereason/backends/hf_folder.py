@@ -259,3 +259,32 @@ def top_logprobs_of(row: np.ndarray, token: int, k: int) -> TopLogprobs:
         idx = idx[np.argsort(-row[idx], kind="stable")]
         top = tuple((int(i), float(row[i] - lse)) for i in idx)
     return TopLogprobs(token=token, logprob=float(row[token] - lse), top=top)
+
+
+class FolderBackendMixin:
+    """What the MLX and ONNX backends share: tokenising through the folder's ``tokenizer.json`` and
+    sampling with :class:`NumpySampler` from the logits rows of the last decode call (``_rows``)."""
+
+    tokenizer: FolderTokenizer
+    _rows: list[np.ndarray]
+
+    def tokenize(self, text: str, *, add_bos: bool = False) -> list[int]:
+        return self.tokenizer.tokenize(text, add_bos=add_bos)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.tokenizer.detokenize(tokens)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.tokenizer.token_bytes(token)
+
+    def is_eog(self, token: int) -> bool:
+        return self.tokenizer.is_eog(token)
+
+    def make_sampler(self, params: SamplingParams) -> NumpySampler:
+        return NumpySampler(params)
+
+    def sample(self, sampler: Any, logits: int) -> int:
+        return int(sampler.sample(self._rows[logits]))
+
+    def top_logprobs(self, logits: int, token: int, k: int) -> TopLogprobs:
+        return top_logprobs_of(self._rows[logits], token, k)

@@ -26,18 +26,15 @@ from .base import (
     Capabilities,
     ContextFullError,
     ModelInfo,
-    SamplingParams,
-    TopLogprobs,
     require_loaded,
 )
 from .hf_folder import (
+    FolderBackendMixin,
     FolderTokenizer,
-    NumpySampler,
     eos_ids_of,
     folder_size,
     read_chat_template,
     read_json,
-    top_logprobs_of,
 )
 
 log = logging.getLogger(__name__)
@@ -93,7 +90,7 @@ def _make_multi_lora(nn: Any) -> type:
     return MultiLoRALinear
 
 
-class MlxBackend:
+class MlxBackend(FolderBackendMixin):
     """Backend over an mlx-lm model folder (config.json + *.safetensors + tokenizer.json)."""
 
     def __init__(
@@ -156,20 +153,7 @@ class MlxBackend:
         for name, adapter_path in (adapters or {}).items():
             self.load_adapter(name, adapter_path)
 
-    # -- text ----------------------------------------------------------------------------------
-    def tokenize(self, text: str, *, add_bos: bool = False) -> list[int]:
-        return self.tokenizer.tokenize(text, add_bos=add_bos)
-
-    def token_bytes(self, token: int) -> bytes:
-        return self.tokenizer.token_bytes(token)
-
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        return self.tokenizer.detokenize(tokens)
-
-    def is_eog(self, token: int) -> bool:
-        return self.tokenizer.is_eog(token)
-
-    # -- decoding ------------------------------------------------------------------------------
+    # -- decoding (tokenising and sampling come from FolderBackendMixin) ----------------------
     def decode(self, items: Sequence[BatchItem]) -> list[int]:
         mx = self._mx
         n = sum(len(i.tokens) for i in items)
@@ -209,15 +193,6 @@ class MlxBackend:
 
     def logits(self, handle: int) -> np.ndarray:
         return self._rows[handle]
-
-    def make_sampler(self, params: SamplingParams) -> NumpySampler:
-        return NumpySampler(params)
-
-    def sample(self, sampler: Any, logits: int) -> int:
-        return int(sampler.sample(self._rows[logits]))
-
-    def top_logprobs(self, logits: int, token: int, k: int) -> TopLogprobs:
-        return top_logprobs_of(self._rows[logits], token, k)
 
     def copy_seq(self, src: int, dst: int) -> None:
         cache = self._caches.get(src)

@@ -26,17 +26,14 @@ from .base import (
     Capabilities,
     ContextFullError,
     ModelInfo,
-    SamplingParams,
-    TopLogprobs,
 )
 from .hf_folder import (
+    FolderBackendMixin,
     FolderTokenizer,
-    NumpySampler,
     eos_ids_of,
     folder_size,
     read_chat_template,
     read_json,
-    top_logprobs_of,
 )
 
 log = logging.getLogger(__name__)
@@ -58,7 +55,7 @@ def is_onnx_folder(path: Path) -> bool:
     return path.is_dir() and (path / "genai_config.json").is_file()
 
 
-class OnnxBackend:
+class OnnxBackend(FolderBackendMixin):
     """Backend over an onnxruntime-genai model folder (genai_config.json + model.onnx + tokenizer.json)."""
 
     def __init__(
@@ -128,20 +125,7 @@ class OnnxBackend:
             decoder.get("num_hidden_layers"),
         )
 
-    # -- text ----------------------------------------------------------------------------------
-    def tokenize(self, text: str, *, add_bos: bool = False) -> list[int]:
-        return self.tokenizer.tokenize(text, add_bos=add_bos)
-
-    def token_bytes(self, token: int) -> bytes:
-        return self.tokenizer.token_bytes(token)
-
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        return self.tokenizer.detokenize(tokens)
-
-    def is_eog(self, token: int) -> bool:
-        return self.tokenizer.is_eog(token)
-
-    # -- decoding ------------------------------------------------------------------------------
+    # -- decoding (tokenising and sampling come from FolderBackendMixin) ----------------------
     def decode(self, items: Sequence[BatchItem]) -> list[int]:
         n = sum(len(i.tokens) for i in items)
         if n > self.capabilities.n_batch:
@@ -176,15 +160,6 @@ class OnnxBackend:
     def _held(self, slot: int) -> int:
         gen = self._generators.get(slot)
         return int(gen.token_count()) if gen is not None else 0
-
-    def make_sampler(self, params: SamplingParams) -> NumpySampler:
-        return NumpySampler(params)
-
-    def sample(self, sampler: Any, logits: int) -> int:
-        return int(sampler.sample(self._rows[logits]))
-
-    def top_logprobs(self, logits: int, token: int, k: int) -> TopLogprobs:
-        return top_logprobs_of(self._rows[logits], token, k)
 
     def copy_seq(self, src: int, dst: int) -> None:
         raise RuntimeError(
