@@ -25,9 +25,9 @@ from .errors import (
 )
 from .job import ChatStream, Job, PreparedPrompt
 from .options import GenerationOptions, LoridOptions
-from .result import ChatResult
 from .scheduler import Scheduler
 from .strategies.generate import GenerateJob
+from .surface import ChatSurface
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class _Control:
         self.future: Future[Any] = Future()
 
 
-class Engine:
+class Engine(ChatSurface):
     """Serves chat and completion requests over one backend.
 
     Thread-safe: any thread may call ``chat``/``stream``; one engine thread owns the backend and
@@ -136,18 +136,6 @@ class Engine:
         )
 
     # -- public API --------------------------------------------------------------------------------
-    def chat(
-        self, messages: Sequence[Any], options: GenerationOptions | None = None, **fields: Any
-    ) -> ChatResult:
-        """Generate a reply to ``messages``; ``fields`` override ``options`` (see GenerationOptions)."""
-        return self._submit_chat(messages, options, fields, emit_chunks=False).wait()
-
-    def stream(
-        self, messages: Sequence[Any], options: GenerationOptions | None = None, **fields: Any
-    ) -> ChatStream:
-        """Like ``chat`` but yields ``Chunk``s (channel "reasoning" | "content") as they are decoded."""
-        return self._submit_chat(messages, options, fields, emit_chunks=True)
-
     def _submit_chat(
         self,
         messages: Sequence[Any],
@@ -160,15 +148,6 @@ class Engine:
         job = self.make_job(self.prepare_chat(messages, opts), opts, question=_last_user_text(messages))
         job.emit_chunks = emit_chunks
         return self.submit(job)
-
-    def complete(self, prompt: str, options: GenerationOptions | None = None, **fields: Any) -> ChatResult:
-        """Continue a raw prompt (no chat template)."""
-        return self._submit_completion(prompt, options, fields, emit_chunks=False).wait()
-
-    def stream_completion(
-        self, prompt: str, options: GenerationOptions | None = None, **fields: Any
-    ) -> ChatStream:
-        return self._submit_completion(prompt, options, fields, emit_chunks=True)
 
     def _submit_completion(
         self, prompt: str, options: GenerationOptions | None, fields: dict[str, Any], *, emit_chunks: bool
@@ -325,12 +304,6 @@ class Engine:
         self._wake.set()
         self._thread.join(timeout=30)
         self.backend.close()
-
-    def __enter__(self) -> Engine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- the engine thread -------------------------------------------------------------------------
     def _loop(self) -> None:

@@ -38,6 +38,7 @@ from ..errors import ChatTemplateError, EdgeReasonError, InvalidRequestError, Un
 from ..job import ChatStream, Job
 from ..options import GenerationOptions
 from ..result import ChatResult, Choice, Usage
+from ..surface import ChatSurface
 from . import remote_strategies as strategies
 from .base import ModelInfo
 from .remote_http import (
@@ -82,7 +83,7 @@ class RemoteJob(Job):
 
 
 # -- the engine ----------------------------------------------------------------------------------------------
-class RemoteEngine:
+class RemoteEngine(ChatSurface):
     """The Engine surface over an OpenAI-compatible server. Thread-safe; each request runs in its own thread."""
 
     def __init__(
@@ -145,27 +146,6 @@ class RemoteEngine:
     def adapter_names(self) -> list[str]:
         return sorted(self._adapters or ())
 
-    def chat(
-        self, messages: Sequence[Any], options: GenerationOptions | None = None, **fields: Any
-    ) -> ChatResult:
-        """Generate a reply to ``messages``; ``fields`` override ``options`` (see GenerationOptions)."""
-        return self._submit_chat(messages, options, fields, emit_chunks=False).wait()
-
-    def stream(
-        self, messages: Sequence[Any], options: GenerationOptions | None = None, **fields: Any
-    ) -> ChatStream:
-        """Like ``chat`` but yields ``Chunk``s; plain generation streams tokens, strategies stream per step."""
-        return self._submit_chat(messages, options, fields, emit_chunks=True)
-
-    def complete(self, prompt: str, options: GenerationOptions | None = None, **fields: Any) -> ChatResult:
-        """Continue a raw prompt (no chat template) on ``/v1/completions``."""
-        return self._submit_completion(prompt, options, fields, emit_chunks=False).wait()
-
-    def stream_completion(
-        self, prompt: str, options: GenerationOptions | None = None, **fields: Any
-    ) -> ChatStream:
-        return self._submit_completion(prompt, options, fields, emit_chunks=True)
-
     def render(self, messages: Sequence[Any], thinking: Thinking = "auto") -> PromptPlan:
         """The prompt text for ``messages`` under the model's template, rendered here (as Engine.render)."""
         msgs = validate_messages(messages)
@@ -188,12 +168,6 @@ class RemoteEngine:
         if not self._closed:
             self._closed = True
             self.client.close()
-
-    def __enter__(self) -> RemoteEngine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- dispatch ----------------------------------------------------------------------------------------------
     def _submit_chat(
