@@ -53,17 +53,19 @@ bench: setup
 
 # The README's strategy table on 300 held-out arith problems; results, summary and plots in eval-results/.
 # Hours on 2 cores: an interrupted `make eval` continues where it stopped (--resume keeps finished items;
-# it refuses a folder holding another model's or settings' run: delete eval-results/ to start again).
+# it refuses a folder holding another model's or settings' run: delete eval-results/ to start again),
+# then writes the table between the README's "edgereason eval table" markers. Cheap strategies first.
 # EVAL_MODEL: the packaged demo student (its ir/kg/dr role adapters come with it, hence lorid);
 # EVAL_ADAPTERS adds adapters ("--adapter NAME=PATH ...") for another model; EVAL_LIMIT problems.
 EVAL_MODEL      ?= student
 EVAL_ADAPTERS   ?=
 EVAL_LIMIT      ?= 300
-EVAL_STRATEGIES ?= greedy budget:16 budget:32 budget:64 budget:auto sc:8 sc:16 sc:adaptive lorid
+EVAL_STRATEGIES ?= greedy budget:16 budget:32 budget:64 budget:auto sc:8 sc:adaptive sc:16 lorid
 .PHONY: eval
 eval: setup
 	$(BIN)/edgereason eval --model $(EVAL_MODEL) $(EVAL_ADAPTERS) --data arith --split test --limit $(EVAL_LIMIT) \
 		$(foreach s,$(EVAL_STRATEGIES),--strategy $(s)) --out eval-results --resume
+	$(BIN)/edgereason eval --table eval-results --into README.md
 
 # Re-train the demo student and LoRID's role adapters (CPU, about 40 minutes on 2 idle cores) into the package.
 .PHONY: student

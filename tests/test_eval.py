@@ -459,6 +459,16 @@ def test_eval_end_to_end_on_the_embedded_model(tmp_path: Path) -> None:
         timeout=120,
     )
     assert shown.returncode == 0 and shown.stdout.splitlines() == table
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- edgereason eval table -->\nold\n<!-- /edgereason eval table -->\ntail\n")
+    into = [sys.executable, "-m", "edgereason", "eval", "--table", str(out), "--into", str(readme)]
+    assert subprocess.run(into, capture_output=True, text=True, timeout=120).returncode == 0
+    text = readme.read_text()
+    assert "old" not in text and "\n".join(table) in text and text.endswith("-->\ntail\n")
+    readme.write_text("no markers\n")
+    refused = subprocess.run(into, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "no '<!-- edgereason eval table -->'" in refused.stderr
+    assert readme.read_text() == "no markers\n"
 
     cmp = subprocess.run(
         [sys.executable, "-m", "edgereason", "eval", "--compare", str(out), str(out)],

@@ -55,6 +55,9 @@ def add_eval_parser(
     )
     p.add_argument("--table", type=Path, metavar="DIR", help="print a run's summary as a Markdown table")
     p.add_argument(
+        "--into", type=Path, metavar="FILE", help="with --table: replace the marked table block in FILE"
+    )
+    p.add_argument(
         "--compare", nargs=2, type=Path, metavar=("DIR1", "DIR2"), help="print two runs side by side"
     )
     p.add_argument("--max-think", type=int, default=DEFAULT_MAX_THINK, help="reasoning tokens when uncapped")
@@ -87,9 +90,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.compare:
         return _compare(args.compare)
     if args.table:
-        from ..eval.summary import load_summary, markdown_table
+        from ..eval.summary import load_summary, markdown_table, write_table_into
 
-        print(markdown_table(load_summary(args.table)), end="")
+        table = markdown_table(load_summary(args.table))
+        if args.into:
+            write_table_into(args.into, table)
+            print(f"wrote the table into {args.into}")
+        else:
+            print(table, end="")
         return 0
     if not args.strategy or args.out is None:
         raise InvalidRequestError(

@@ -173,3 +173,23 @@ def markdown_table(summary: dict[str, Any]) -> str:
             f"Model {meta.get('model')}, {meta.get('items')} items of {where}, settings {meta.get('settings')}."
         )
     return "\n".join(lines) + "\n"
+
+
+TABLE_START, TABLE_END = "<!-- edgereason eval table -->", "<!-- /edgereason eval table -->"
+
+
+def write_table_into(path: Path, table: str) -> None:
+    """Replace the block between the table markers in ``path`` (a README) with ``table``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidRequestError(f"cannot read {path}: {exc.strerror}", param="into") from None
+    start, end = text.find(TABLE_START), text.find(TABLE_END)
+    if start < 0 or end < start:
+        raise InvalidRequestError(
+            f"{path} has no '{TABLE_START}' ... '{TABLE_END}' block to replace", param="into"
+        )
+    new = text[: start + len(TABLE_START)] + "\n" + table + text[end:]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(new, encoding="utf-8")
+    tmp.replace(path)
