@@ -369,7 +369,7 @@ def test_previous_work_is_read_back_and_checked(tmp_path: Path) -> None:
     runs = _runs()  # greedy finished (4 items); sc:4 is dropped below, as if interrupted
     write_run(tmp_path, runs[:1], summarize(runs[:1], meta))
     log = PartialLog(tmp_path)
-    log.start(parse_strategy("sc:4"), prior_wall_s=2.0)
+    log.start(prior_wall_s=2.0)
     for rec in runs[1].records[:2]:
         log(rec)
     log.close()  # an interrupted run: the file stays

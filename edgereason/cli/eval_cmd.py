@@ -202,7 +202,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                     _print_row(spec.label, summarize([done[spec.label]], meta)["strategies"][spec.label])
                     continue
                 prior = prev.partial_wall_s.get(spec.label, 0.0)
-                partial.start(spec, prior)
+                partial.start(prior)
                 done[spec.label] = run_strategy(
                     engine,
                     items,

@@ -147,8 +147,8 @@ class PartialLog:
         self._t0 = time.perf_counter()
         self._offset = 0.0
 
-    def start(self, spec: StrategySpec, prior_wall_s: float = 0.0) -> None:
-        """A strategy begins (or resumes after ``prior_wall_s`` seconds of earlier work)."""
+    def start(self, prior_wall_s: float = 0.0) -> None:
+        """The next strategy begins (or resumes after ``prior_wall_s`` seconds of earlier work)."""
         self._t0, self._offset = time.perf_counter(), prior_wall_s
 
     def __call__(self, record: ItemRecord) -> None:
