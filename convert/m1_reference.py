@@ -14,14 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from edgereason.errors import InvalidRequestError, ModelLoadError
 
 from .m1 import GATED_NORM_EPS, M1Config, load_m1_weights, read_m1_config
-from .parity import DEFAULT_GREEDY_TOKENS, ParityReport, _llama_cpp_logits_and_greedy
+from .parity import DEFAULT_GREEDY_TOKENS, ParityReport, _llama_cpp_logits_and_greedy, compare_runs
 
 logger = logging.getLogger(__name__)
 
@@ -267,22 +266,6 @@ def m1_parity(
     ref = M1Reference.from_pretrained(Path(m1_dir))
     ref_logits, ref_greedy = ref.greedy(token_ids, greedy_tokens)
     cpp_logits, cpp_greedy = _llama_cpp_logits_and_greedy(Path(gguf), token_ids, greedy_tokens, threads)
-    ref_np = ref_logits.numpy()
-    if ref_np.shape != cpp_logits.shape:
-        raise ModelLoadError(f"logit shapes differ: reference {ref_np.shape}, llama.cpp {cpp_logits.shape}")
-    diff = np.abs(ref_np - cpp_logits.astype(np.float64))
-    common = next((i for i, (a, b) in enumerate(zip(ref_greedy, cpp_greedy)) if a != b), greedy_tokens)
-    report = ParityReport(
-        n_positions=len(token_ids),
-        max_abs_diff=float(diff.max()),
-        mean_abs_diff=float(diff.mean()),
-        max_logit=float(np.abs(ref_np).max()),
-        top1_agreement=float(np.mean(ref_np.argmax(-1) == cpp_logits.argmax(-1))),
-        greedy_hf=ref_greedy,
-        greedy_gguf=cpp_greedy,
-        greedy_match=ref_greedy == cpp_greedy,
-        greedy_common_prefix=common,
+    return compare_runs(
+        ref_logits.numpy(), ref_greedy, cpp_logits, cpp_greedy, f"{gguf.name} vs the M1 reference"
     )
-    logger.info("M1 parity %s: max |diff| %.3g, greedy match %s", gguf.name, report["max_abs_diff"],
-                report["greedy_match"])  # fmt: skip
-    return report

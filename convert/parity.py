@@ -66,29 +66,40 @@ def logits_parity(
     cpp_logits, cpp_greedy = _llama_cpp_logits_and_greedy(
         Path(gguf), token_ids, greedy_tokens, threads, adapter
     )
-    if hf_logits.shape != cpp_logits.shape:
+    return compare_runs(hf_logits, hf_greedy, cpp_logits, cpp_greedy, f"{gguf.name} vs transformers")
+
+
+def compare_runs(
+    ref_logits: NDArray[np.floating],
+    ref_greedy: list[int],
+    cpp_logits: NDArray[np.floating],
+    cpp_greedy: list[int],
+    label: str,
+) -> ParityReport:
+    """The parity report of a reference run (transformers, or a reference model) against llama.cpp's."""
+    if ref_logits.shape != cpp_logits.shape:
         raise ModelLoadError(
-            f"logit shapes differ: transformers {hf_logits.shape}, llama.cpp {cpp_logits.shape}; "
+            f"logit shapes differ: reference {ref_logits.shape}, llama.cpp {cpp_logits.shape}; "
             "the GGUF does not come from this checkpoint"
         )
-    diff = np.abs(hf_logits.astype(np.float64) - cpp_logits.astype(np.float64))
+    diff = np.abs(ref_logits.astype(np.float64) - cpp_logits.astype(np.float64))
     common = next(
-        (i for i, (a, b) in enumerate(zip(hf_greedy, cpp_greedy, strict=True)) if a != b), greedy_tokens
+        (i for i, (a, b) in enumerate(zip(ref_greedy, cpp_greedy, strict=True)) if a != b), len(ref_greedy)
     )
     report = ParityReport(
-        n_positions=len(token_ids),
+        n_positions=ref_logits.shape[0],
         max_abs_diff=float(diff.max()),
         mean_abs_diff=float(diff.mean()),
-        max_logit=float(np.abs(hf_logits).max()),
-        top1_agreement=float(np.mean(hf_logits.argmax(axis=-1) == cpp_logits.argmax(axis=-1))),
-        greedy_hf=hf_greedy,
+        max_logit=float(np.abs(ref_logits).max()),
+        top1_agreement=float(np.mean(ref_logits.argmax(axis=-1) == cpp_logits.argmax(axis=-1))),
+        greedy_hf=ref_greedy,
         greedy_gguf=cpp_greedy,
-        greedy_match=hf_greedy == cpp_greedy,
+        greedy_match=ref_greedy == cpp_greedy,
         greedy_common_prefix=common,
     )
     logger.info(
         "parity %s: max |diff| %.3g over %d positions, top-1 agreement %.3f, greedy match %s",
-        gguf.name,
+        label,
         report["max_abs_diff"],
         report["n_positions"],
         report["top1_agreement"],
