@@ -34,7 +34,7 @@ from edgereason.eval.data import EvalItem
 from edgereason.eval.plots import write_plots
 from edgereason.eval.progress import CounterProgress, no_progress
 from edgereason.eval.runner import StrategyRun, check_strategy, concurrency_for
-from edgereason.eval.summary import summarize_records
+from edgereason.eval.summary import markdown_table, paired_difference, paired_interval, summarize_records
 from edgereason.evaldata import DIFFICULTY, arith_problems, split_of
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -291,6 +291,41 @@ def test_summary_files_round_trip_and_compare(tmp_path: Path) -> None:
         load_summary(tmp_path / "missing")
 
 
+def test_paired_interval_matches_newcombes_method_10() -> None:
+    # Altman et al., Statistics with Confidence (2000), table 6.2: 14 both, 5 only first, 0 only second, 22
+    # neither; the book gives 0.0115 to 0.2265 for p_first - p_second.
+    lo, hi = paired_interval(14, 0, 5, 22)
+    assert (round(lo, 4), round(hi, 4)) == (0.0115, 0.2265)
+    assert paired_interval(14, 5, 0, 22) == pytest.approx((-hi, -lo))
+    lo, hi = paired_interval(30, 0, 0, 10)  # identical strategies: 0, with a margin for n = 40
+    assert lo < 0 < hi < 0.1 and lo == pytest.approx(-hi)
+    assert paired_interval(0, 0, 0, 0) == (-1.0, 1.0)
+
+
+def test_each_strategy_is_held_against_the_baseline_on_the_same_items() -> None:
+    greedy, sc = (run.records for run in _runs())
+    vs = paired_difference(greedy, sc, "greedy")
+    assert vs is not None
+    # q0, q1 right under both; q2 only greedy; q3 neither (sc's error counts as wrong).
+    assert vs["n"] == 4 and vs["only_baseline_right"] == 1 and vs["only_this_right"] == 0
+    assert vs["delta"] == -0.25 and vs["accuracy"] == 0.5 and vs["baseline_accuracy"] == 0.75
+    assert vs["ci95"][0] < -0.25 < vs["ci95"][1] and vs["ci95"][1] > 0
+    # Tokens over q0..q2 (q3 failed): reasoning 120 vs 30, all tokens 135 vs 45.
+    assert vs["reasoning_tokens_change"] == 3.0 and vs["tokens_change"] == 2.0
+    assert paired_difference(greedy[:2], sc[2:], "greedy") is None  # no shared item
+
+    summary = summarize(_runs())
+    assert "vs_baseline" not in summary["strategies"]["greedy"]
+    assert summary["strategies"]["sc:4"]["vs_baseline"] == vs
+    against_sc = summarize(_runs(), baseline="sc:4")["strategies"]
+    assert against_sc["greedy"]["vs_baseline"]["delta"] == 0.25 and "vs_baseline" not in against_sc["sc:4"]
+    first = summarize([_runs()[1]])["strategies"]["sc:4"]  # no greedy: the first strategy is the baseline
+    assert "vs_baseline" not in first
+    table = markdown_table(summary).splitlines()
+    assert "vs greedy, same items: Δ accuracy [95% CI]" in table[0]
+    assert table[3].startswith("| sc:4 | 50.0") and "| -25.0 [" in table[3] and table[3].endswith("| +300% |")
+
+
 def test_plots_are_png_files(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     runs = [
@@ -393,6 +428,14 @@ def test_previous_work_is_read_back_and_checked(tmp_path: Path) -> None:
     write_run(tmp_path, [], summarize([], meta))
     first = load_previous(tmp_path, meta, items)
     assert first.finished == {} and list(first.partial["sc:4"]) == ["q0", "q1"]
+    # The table shows a run as it stands: the running strategy with its finished items, n as "k of N".
+    write_run(tmp_path, runs[:1], summarize(runs[:1], meta))
+    from edgereason.eval.resume import load_run
+
+    got_meta, now = load_run(tmp_path)
+    assert got_meta == meta and [(r.spec.label, len(r.records)) for r in now] == [("greedy", 4), ("sc:4", 2)]
+    rows = markdown_table(summarize(now, got_meta)).splitlines()
+    assert rows[3].startswith("| sc:4 | 100.0") and "| 2 of 4 |" in rows[3] and "(n 2)" in rows[3]
     (tmp_path / "summary.json").unlink()
     with pytest.raises(InvalidRequestError, match="cannot tell which run"):
         load_previous(tmp_path, meta, items)
@@ -459,6 +502,11 @@ def test_eval_end_to_end_on_the_embedded_model(tmp_path: Path) -> None:
         timeout=120,
     )
     assert shown.returncode == 0 and shown.stdout.splitlines() == table
+    table_cmd = [sys.executable, "-m", "edgereason", "eval", "--table", str(out), "--baseline"]
+    against = subprocess.run([*table_cmd, "sc:2"], capture_output=True, text=True, timeout=120)
+    assert against.returncode == 0 and "vs sc:2, same items" in against.stdout
+    unknown = subprocess.run([*table_cmd, "sc:9"], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and "--baseline sc:9 is not among" in unknown.stderr
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- edgereason eval table -->\nold\n<!-- /edgereason eval table -->\ntail\n")
     into = [sys.executable, "-m", "edgereason", "eval", "--table", str(out), "--into", str(readme)]

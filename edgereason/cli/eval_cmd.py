@@ -58,6 +58,12 @@ def add_eval_parser(
         "--into", type=Path, metavar="FILE", help="with --table: replace the marked table block in FILE"
     )
     p.add_argument(
+        "--baseline",
+        metavar="S",
+        default=None,
+        help="strategy the others are held against on the same items (default: greedy, else the first)",
+    )
+    p.add_argument(
         "--compare", nargs=2, type=Path, metavar=("DIR1", "DIR2"), help="print two runs side by side"
     )
     p.add_argument("--max-think", type=int, default=DEFAULT_MAX_THINK, help="reasoning tokens when uncapped")
@@ -90,9 +96,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.compare:
         return _compare(args.compare)
     if args.table:
-        from ..eval.summary import load_summary, markdown_table, write_table_into
+        from ..eval.resume import load_run
+        from ..eval.summary import markdown_table, summarize, write_table_into
 
-        table = markdown_table(load_summary(args.table))
+        meta, runs = load_run(args.table)  # a strategy still running shows its finished items
+        labels = [run.spec.label for run in runs]
+        if args.baseline is not None and args.baseline not in labels:
+            raise InvalidRequestError(
+                f"--baseline {args.baseline} is not among {args.table}'s strategies ({', '.join(labels)})",
+                param="baseline",
+            )
+        table = markdown_table(summarize(runs, meta, args.baseline))
         if args.into:
             write_table_into(args.into, table)
             print(f"wrote the table into {args.into}")
@@ -106,6 +120,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     labels = [s.label for s in args.strategy]
     if len(set(labels)) != len(labels):
         raise InvalidRequestError(f"a strategy is listed twice: {', '.join(labels)}", param="strategy")
+    if args.baseline is not None and args.baseline not in labels:
+        raise InvalidRequestError(
+            f"--baseline {args.baseline} is not among the strategies ({', '.join(labels)})", param="baseline"
+        )
     return _evaluate(args)
 
 
@@ -164,7 +182,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..eval.progress import make_progress, no_progress
     from ..eval.resume import PartialLog, Previous, files_fingerprint, items_digest, load_previous, merge_runs
     from ..eval.runner import check_strategy, run_strategy
-    from ..eval.summary import TABLE_FILE, markdown_table, summarize, write_run
+    from ..eval.summary import TABLE_FILE, markdown_table, summarize, summarize_records, write_run
 
     settings = _settings(args)
     items = load_items(args.data, split=args.split, limit=args.limit, seed=args.seed)
@@ -195,11 +213,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         done = dict(prev.finished)
         # The run's identity goes on disk before any work, so even the first strategy can be resumed.
         runs = merge_runs(args.strategy, done)
-        write_run(args.out, runs, summarize(runs, meta))
+        write_run(args.out, runs, summarize(runs, meta, args.baseline))
         with PartialLog(args.out, resume=args.resume) as partial:
             for spec in args.strategy:
                 if spec.label in done:
-                    _print_row(spec.label, summarize([done[spec.label]], meta)["strategies"][spec.label])
+                    _print_row(
+                        spec.label, summarize_records(done[spec.label].records, done[spec.label].wall_s)
+                    )
                     continue
                 prior = prev.partial_wall_s.get(spec.label, 0.0)
                 partial.start(prior)
@@ -214,11 +234,13 @@ def _evaluate(args: argparse.Namespace) -> int:
                     prior_wall_s=prior,
                 )
                 runs = merge_runs(args.strategy, done)
-                write_run(args.out, runs, summarize(runs, meta))  # a long run keeps what it has finished
+                write_run(
+                    args.out, runs, summarize(runs, meta, args.baseline)
+                )  # a long run keeps what it has finished
                 partial.finish()
-                _print_row(spec.label, summarize(runs, meta)["strategies"][spec.label])
+                _print_row(spec.label, summarize(runs, meta, args.baseline)["strategies"][spec.label])
     runs = merge_runs(args.strategy, done)
-    summary = summarize(runs, meta)
+    summary = summarize(runs, meta, args.baseline)
     results, summary_path = write_run(args.out, runs, summary)
     table = args.out / TABLE_FILE
     table.write_text(markdown_table(summary), encoding="utf-8")

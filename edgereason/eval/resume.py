@@ -88,37 +88,68 @@ def check_same_run(old: Mapping[str, Any], new: Mapping[str, Any], out: Path) ->
         )
 
 
+def _finished_runs(out: Path, summary: Mapping[str, Any]) -> dict[str, StrategyRun]:
+    """The strategies ``summary.json`` lists, with their records from ``results.jsonl``."""
+    by_label: dict[str, list[ItemRecord]] = {}
+    for rec in load_records(out) if (out / RESULTS_FILE).is_file() else []:
+        by_label.setdefault(rec.strategy, []).append(rec)
+    return {
+        label: StrategyRun(
+            parse_strategy(label),
+            by_label.get(label, []),
+            float(row.get("wall_s", 0.0)),
+            int(row["concurrency"]),
+        )
+        for label, row in summary["strategies"].items()
+    }
+
+
+def _partial_records(out: Path, skip: Iterable[str], ids: Iterable[str] | None = None) -> Previous:
+    """The items ``partial.jsonl`` holds of strategies not in ``skip`` (and, given ``ids``, of those items)."""
+    prev = Previous()
+    skip, wanted = set(skip), None if ids is None else set(ids)
+    for label, rec, elapsed in _read_partial(out / PARTIAL_FILE):
+        if label in skip or (wanted is not None and rec.id not in wanted):
+            continue
+        prev.partial.setdefault(label, {})[rec.id] = rec
+        prev.partial_wall_s[label] = max(prev.partial_wall_s.get(label, 0.0), elapsed)
+    return prev
+
+
 def load_previous(out: Path, meta: Mapping[str, Any], items: Sequence[EvalItem]) -> Previous:
     """The finished work in ``out`` (nothing when it holds no run), after checking it is this run."""
-    prev = Previous()
+    finished: dict[str, StrategyRun] = {}
     ids = [item.id for item in items]
     if (out / SUMMARY_FILE).is_file():
         summary = load_summary(out)
         check_same_run(summary.get("meta", {}), meta, out)
-        by_label: dict[str, list[ItemRecord]] = {}
-        for rec in load_records(out) if (out / RESULTS_FILE).is_file() else []:
-            by_label.setdefault(rec.strategy, []).append(rec)
-        for label, row in summary["strategies"].items():
-            recs = by_label.get(label, [])
-            if [r.id for r in recs] != ids:
+        for label, run in _finished_runs(out, summary).items():
+            if [r.id for r in run.records] != ids:
                 log.warning("%s in %s is incomplete; it runs again", label, out)
                 continue
-            spec = parse_strategy(label)
-            prev.finished[label] = StrategyRun(
-                spec, recs, float(row.get("wall_s", 0.0)), int(row["concurrency"])
-            )
+            finished[label] = run
     elif (out / PARTIAL_FILE).is_file():
         raise InvalidRequestError(
             f"{out / PARTIAL_FILE} exists without {SUMMARY_FILE}: cannot tell which run it belongs to; "
             "delete it to start again",
             param="resume",
         )
-    for label, rec, elapsed in _read_partial(out / PARTIAL_FILE):
-        if label in prev.finished or rec.id not in ids:
-            continue
-        prev.partial.setdefault(label, {})[rec.id] = rec
-        prev.partial_wall_s[label] = max(prev.partial_wall_s.get(label, 0.0), elapsed)
+    prev = _partial_records(out, finished, ids)
+    prev.finished = finished
     return prev
+
+
+def load_run(out: Path) -> tuple[dict[str, Any], list[StrategyRun]]:
+    """The run in ``out`` as it stands (``meta`` and runs): its finished strategies, then those whose
+    finished items ``partial.jsonl`` holds (a run still going, or interrupted)."""
+    summary = load_summary(out)
+    finished = {label: run for label, run in _finished_runs(out, summary).items() if run.records}
+    prev = _partial_records(out, finished)
+    running = [
+        StrategyRun(parse_strategy(label), list(recs.values()), prev.partial_wall_s[label], 0)
+        for label, recs in prev.partial.items()
+    ]
+    return dict(summary.get("meta", {})), [*finished.values(), *running]
 
 
 def _read_partial(path: Path) -> Iterable[tuple[str, ItemRecord, float]]:

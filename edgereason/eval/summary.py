@@ -1,5 +1,6 @@
-"""Per-strategy summaries (accuracy with a 95% Wilson interval, tokens, samples, wall time), the run's
-files (``results.jsonl``, ``summary.json``) and side-by-side comparison of two runs."""
+"""Per-strategy summaries (accuracy with a 95% Wilson interval, tokens, samples, wall time), each
+strategy against a baseline on the same items (paired accuracy difference with Newcombe's interval), the
+run's files (``results.jsonl``, ``summary.json``) and side-by-side comparison of two runs."""
 
 from __future__ import annotations
 
@@ -29,6 +30,78 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_interval(both: int, first: int, second: int, neither: int, z: float = Z95) -> tuple[float, float]:
+    """95% interval for ``p_second - p_first`` from paired outcomes (Newcombe 1998, method 10: Wilson
+    intervals of both proportions joined through the (continuity-corrected) phi correlation of the pairs).
+
+    ``both``: pairs right under both; ``first``/``second``: right only under that one; ``neither``.
+    """
+    n = both + first + second + neither
+    if n <= 0:
+        return -1.0, 1.0
+    p1, p2 = (both + first) / n, (both + second) / n
+    l1, u1 = wilson_interval(both + first, n, z)
+    l2, u2 = wilson_interval(both + second, n, z)
+    margins = (both + first) * (second + neither) * (both + second) * (first + neither)
+    # phi with Newcombe's continuity correction: 0 for a small positive association, shrunk otherwise.
+    cross: float = both * neither - first * second
+    cross = cross - n / 2 if cross > n / 2 else min(cross, 0.0)
+    phi = cross / math.sqrt(margins) if margins else 0.0
+    delta = p2 - p1
+    lower = math.sqrt(max(0.0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2))
+    upper = math.sqrt(max(0.0, (u2 - p2) ** 2 - 2 * phi * (u2 - p2) * (p1 - l1) + (p1 - l1) ** 2))
+    return max(-1.0, delta - lower), min(1.0, delta + upper)
+
+
+def _change(new: float, old: float) -> float | None:
+    return round(new / old - 1, 4) if old else None
+
+
+def paired_difference(
+    base: Sequence[ItemRecord], other: Sequence[ItemRecord], base_label: str
+) -> dict[str, Any] | None:
+    """``other`` against ``base`` on the items both ran (None when they share none): accuracy difference
+    with its paired 95% interval, and the relative change of mean reasoning and total tokens (over the
+    shared items both answered without an error)."""
+    by_id = {r.id: r for r in base}
+    pairs = [(by_id[r.id], r) for r in other if r.id in by_id]
+    if not pairs:
+        return None
+    counts = Counter((b.correct, o.correct) for b, o in pairs)
+    both, first, second = counts[True, True], counts[True, False], counts[False, True]
+    neither = counts[False, False]
+    lo, hi = paired_interval(both, first, second, neither)
+    clean = [(b, o) for b, o in pairs if b.error is None and o.error is None]
+
+    def tokens(r: ItemRecord, reasoning: bool) -> int:
+        return r.reasoning_tokens + (0 if reasoning else r.answer_tokens)
+
+    change = {}
+    for key, reasoning in (("reasoning_tokens_change", True), ("tokens_change", False)):
+        new = sum(tokens(o, reasoning) for _, o in clean)
+        old = sum(tokens(b, reasoning) for b, _ in clean)
+        change[key] = _change(new, old)
+    n = len(pairs)
+    return {
+        "vs": base_label,
+        "n": n,
+        "accuracy": round((both + second) / n, 4),
+        "baseline_accuracy": round((both + first) / n, 4),
+        "delta": round((second - first) / n, 4),
+        "ci95": [round(lo, 4), round(hi, 4)],
+        "only_baseline_right": first,
+        "only_this_right": second,
+        **change,
+    }
+
+
+def default_baseline(labels: Sequence[str]) -> str | None:
+    """What the other strategies are held against: greedy when it ran, else the first strategy."""
+    if "greedy" in labels:
+        return "greedy"
+    return labels[0] if labels else None
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -64,15 +137,24 @@ def summarize_records(records: Sequence[ItemRecord], wall_s: float | None = None
     }
 
 
-def summarize(runs: Sequence[StrategyRun], meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``summary.json`` object: ``meta`` and one entry per strategy, in run order."""
+def summarize(
+    runs: Sequence[StrategyRun], meta: dict[str, Any] | None = None, baseline: str | None = None
+) -> dict[str, Any]:
+    """The ``summary.json`` object: ``meta`` and one entry per strategy, in run order; while the
+    ``baseline`` (default: :func:`default_baseline`) has records, every other strategy has ``vs_baseline``
+    (:func:`paired_difference`)."""
+    baseline = baseline or default_baseline([run.spec.label for run in runs])
+    base = next((run.records for run in runs if run.spec.label == baseline), None)
     strategies = {}
     for run in runs:
-        strategies[run.spec.label] = {
+        row = {
             **run.spec.describe(),
             **summarize_records(run.records, run.wall_s),
             "concurrency": run.concurrency,
         }
+        if base is not None and baseline is not None and run.spec.label != baseline:
+            row["vs_baseline"] = paired_difference(base, run.records, baseline)
+        strategies[run.spec.label] = row
     return {"meta": meta or {}, "strategies": strategies}
 
 
@@ -151,20 +233,40 @@ def compare_table(a: dict[str, Any], b: dict[str, Any], name_a: str = "A", name_
 TABLE_FILE = "table.md"
 
 
-def markdown_table(summary: dict[str, Any]) -> str:
-    """The run as a Markdown table (the README's form): one row per strategy."""
-    meta = summary.get("meta", {})
-    lines = [
-        "| strategy | accuracy % [95% CI] | n | mean tokens | reasoning tokens | samples | wall s |",
-        "|---|---|---|---|---|---|---|",
+def _paired_cells(vs: dict[str, Any] | None) -> list[str]:
+    if not vs:
+        return ["-", "-"]
+    lo, hi = vs["ci95"]
+    shared = f" (n {vs['n']})"
+    change = vs.get("reasoning_tokens_change")
+    return [
+        f"{100 * vs['delta']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{shared}",
+        "-" if change is None else f"{100 * change:+.0f}%",
     ]
-    for label, row in summary["strategies"].items():
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The run as a Markdown table (the README's form): one row per strategy, with its accuracy and
+    reasoning tokens against the baseline on the same items. A strategy still running shows ``n`` as
+    ``k of N``."""
+    meta = summary.get("meta", {})
+    rows = summary["strategies"]
+    total = meta.get("items")
+    baseline = next((r["vs_baseline"]["vs"] for r in rows.values() if r.get("vs_baseline")), None)
+    versus = f"vs {baseline}, same items: Δ accuracy [95% CI]" if baseline else "Δ accuracy"
+    lines = [
+        f"| strategy | accuracy % [95% CI] | n | mean tokens | reasoning tokens | samples | wall s | {versus} "
+        "| Δ reasoning tokens |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, row in rows.items():
         lo, hi = row["ci95"]
         errors = f" ({row['errors']} errors)" if row.get("errors") else ""
+        n = f"{row['n']} of {total}" if total and row["n"] < total else str(row["n"])
         lines.append(
-            f"| {label} | {100 * row['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]{errors} | {row['n']} | "
+            f"| {label} | {100 * row['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]{errors} | {n} | "
             f"{row['mean_tokens']:.1f} | {row['mean_reasoning_tokens']:.1f} | {row['mean_samples']:.2f} | "
-            f"{row['wall_s']:.0f} |"
+            f"{row['wall_s']:.0f} | " + " | ".join(_paired_cells(row.get("vs_baseline"))) + " |"
         )
     if meta:
         where = f"{meta.get('data')}" + (f" ({meta['split']} split)" if meta.get("split") else "")
