@@ -441,6 +441,34 @@ def test_previous_work_is_read_back_and_checked(tmp_path: Path) -> None:
         load_previous(tmp_path, meta, items)
     with PartialLog(tmp_path):  # a fresh run starts the file afresh and removes it when done
         assert (tmp_path / PARTIAL_FILE).read_text() == ""
+
+
+def test_finishing_a_strategy_keeps_another_strategys_partial_items(tmp_path: Path) -> None:
+    """Interrupted in sc:4, resumed with greedy first: greedy's end must not drop sc:4's items."""
+    from edgereason.eval.resume import PARTIAL_FILE, PartialLog, load_previous
+
+    items = [EvalItem(f"q{i}", f"question {i}", str(i)) for i in range(4)]
+    meta = {"model": "m", "items": 4}
+    greedy, sc = _runs()
+    write_run(tmp_path, [], summarize([], meta))
+    log = PartialLog(tmp_path)
+    log(sc.records[0])
+    log.close()
+    with (tmp_path / PARTIAL_FILE).open("a") as fh:
+        fh.write('{"record": {"strategy": "sc:4"')  # torn, no newline
+    with PartialLog(tmp_path, resume=True) as log:
+        for rec in greedy.records:
+            log(rec)
+        assert (
+            len(load_previous(tmp_path, meta, items).partial["greedy"]) == 4
+        )  # the torn line swallowed none
+        log.finish("greedy")
+    prev = load_previous(tmp_path, meta, items)
+    assert list(prev.partial) == ["sc:4"] and list(prev.partial["sc:4"]) == ["q0"]
+    with PartialLog(tmp_path, resume=True) as log:
+        log(sc.records[1])
+        log.finish("sc:4")
+    assert not (tmp_path / PARTIAL_FILE).exists()  # nothing left: the file goes
     assert not (tmp_path / PARTIAL_FILE).exists()
     assert load_previous(tmp_path / "empty", meta, items).finished == {}
 

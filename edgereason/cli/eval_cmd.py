@@ -237,7 +237,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 write_run(
                     args.out, runs, summarize(runs, meta, args.baseline)
                 )  # a long run keeps what it has finished
-                partial.finish()
+                partial.finish(spec.label)
                 _print_row(spec.label, summarize(runs, meta, args.baseline)["strategies"][spec.label])
     runs = merge_runs(args.strategy, done)
     summary = summarize(runs, meta, args.baseline)

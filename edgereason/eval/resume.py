@@ -166,14 +166,24 @@ def _read_partial(path: Path) -> Iterable[tuple[str, ItemRecord, float]]:
                 log.warning("%s:%d: unreadable record skipped (it runs again)", path, n)
 
 
+def _label(line: str) -> str | None:
+    try:
+        return str(json.loads(line)["record"]["strategy"])
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None  # a torn line
+
+
 class PartialLog:
     """Appends each finished item of the running strategy to ``partial.jsonl`` (thread-safe, flushed).
-    ``resume``: keep the records already there (they were read back), else start the file afresh."""
+    ``resume``: keep the records already there (they were read back), else start the file afresh.
+    A finished strategy's records leave the file (:meth:`finish`); the file goes when it is empty."""
 
     def __init__(self, out: Path, resume: bool = False) -> None:
         out.mkdir(parents=True, exist_ok=True)
         self.path = out / PARTIAL_FILE
         self._fh: IO[str] = self.path.open("a" if resume else "w", encoding="utf-8")
+        if resume and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n"):
+            self._fh.write("\n")  # a torn last line stays alone (and unread) rather than swallow the next
         self._lock = threading.Lock()
         self._t0 = time.perf_counter()
         self._offset = 0.0
@@ -189,16 +199,24 @@ class PartialLog:
             self._fh.write(line + "\n")
             self._fh.flush()
 
-    def finish(self) -> None:
-        """The strategy's records are in ``results.jsonl`` now: forget them here."""
+    def finish(self, label: str) -> None:
+        """Strategy ``label``'s records are in ``results.jsonl`` now: forget them here, keeping the items
+        other strategies finished in an earlier, interrupted run (a resumed run may take them in another
+        order)."""
         with self._lock:
-            self._fh.truncate(0)
-            self._fh.seek(0)
+            self._fh.close()
+            lines = self.path.read_text(encoding="utf-8").splitlines(True)
+            keep = [line for line in lines if _label(line) not in (label, None)]  # torn lines go too
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(keep), encoding="utf-8")
+            tmp.replace(self.path)
+            self._fh = self.path.open("a", encoding="utf-8")
 
     def close(self, remove: bool = False) -> None:
+        """``remove``: the run ended; the file goes unless it keeps a strategy this run did not finish."""
         self._fh.close()
-        if remove:
-            self.path.unlink(missing_ok=True)
+        if remove and self.path.is_file() and self.path.stat().st_size == 0:
+            self.path.unlink()
 
     def __enter__(self) -> PartialLog:
         return self
