@@ -26,9 +26,12 @@ DEFAULT_EFFORT_BUDGETS: dict[str, int | None] = {"none": None, "low": 256, "medi
 DEFAULT_WRAP_UP = (
     "Considering the limited time, I have to give the solution based on the thinking directly now."
 )
-DEFAULT_TRANSITION_MARKERS = ("Wait", "Alternatively", "Hmm", "\n\n")
+# DEER's markers (it probes at "Wait"), not paragraph breaks: a step-by-step model's paragraph ends fall
+# mid-computation, where a trial answer is a confident intermediate value (measured on the demo student).
+DEFAULT_TRANSITION_MARKERS = ("Wait", "Alternatively", "Hmm")
 DEFAULT_AUTO_BUDGET_CAP = 1024
 DEFAULT_MAX_SAMPLES = 64  # most self-consistency samples one request may ask for
+MAX_EARLY_EXIT_AGREE = 10  # most successive agreeing trial answers early exit may want
 
 
 class SelfConsistencyOptions(BaseModel):
@@ -185,6 +188,12 @@ class GenerationOptions(BaseModel):
     early_exit_max_probes: int = Field(default=10, ge=0, le=100)
     early_exit_probe_tokens: int = Field(default=20, ge=1, le=64)
     early_exit_confidence: Literal["mean", "geometric", "min"] = "mean"
+    early_exit_agree: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_EARLY_EXIT_AGREE,
+        description="exit once this many successive trial answers agree, each confident (1: DEER as published)",
+    )
     early_exit_prefix: str | None = Field(default=None, description="trial-answer prefix; default by format")
     transition_markers: tuple[str, ...] = Field(
         default=DEFAULT_TRANSITION_MARKERS, min_length=1, max_length=16

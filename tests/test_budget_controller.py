@@ -229,6 +229,36 @@ def test_confidence_sequence_exits_at_first_confident_probe() -> None:
     assert c.content == "42" and sched.live_count == 0
 
 
+@pytest.mark.parametrize(
+    ("answers", "exits_at"),
+    [
+        (["70", "70", "8"], 2),  # two confident answers in a row agree: exit at the second
+        (["70", "8", "8"], 3),  # a confident intermediate value alone does not end thinking
+        (["70", "8", "9"], None),  # never settles: the model closes thinking itself
+    ],
+)
+def test_early_exit_can_want_successive_trial_answers_to_agree(
+    answers: list[str], exits_at: int | None
+) -> None:
+    probes = [[(" " + a, 0.99), (".", 0.99), ("\n", 1.0)] for a in answers]
+    res, sched = run(
+        ScriptedBackend(MAIN, probes), thinking_budget="auto", early_exit_agree=2, loop_guard=False
+    )
+    c = res.choices[0]
+    assert [p["answer"] for p in c.extra["early_exit_probes"]] == [a + "." for a in answers[: exits_at or 3]]
+    if exits_at is None:
+        assert (
+            c.thinking_stopped_by == "model" and c.reasoning == "Step one. Wait two. Wait three. Wait four."
+        )
+    else:
+        assert c.thinking_stopped_by == "early_exit"
+        assert c.reasoning == ["Step one. Wait two.", "Step one. Wait two. Wait three."][exits_at - 2]
+    assert sched.live_count == 0
+    # The same probes with DEER's rule (one confident answer) exit at the first.
+    first = run(ScriptedBackend(MAIN, probes), thinking_budget="auto", loop_guard=False)[0].choices[0]
+    assert first.extra["early_exit_probe_count"] == 1 and first.reasoning == "Step one."
+
+
 def test_probe_limit_and_unconfident_probes_leave_the_main_unchanged() -> None:
     low = [(" 1", 0.1), ("2", 0.2), ("\n", 1.0)]
     plain = run(ScriptedBackend(MAIN))[0].choices[0]

@@ -48,6 +48,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
         ("budget:16", StrategySpec("budget", budget=16)),
         ("budget:0", StrategySpec("budget", budget=0)),
         ("budget:auto", StrategySpec("budget", budget="auto")),
+        ("budget:auto:2", StrategySpec("budget", budget="auto", agree=2)),
         ("sc:8", StrategySpec("sc", samples=8)),
         ("sc:adaptive", StrategySpec("sc", samples=16, adaptive=True)),
         ("sc:adaptive:32", StrategySpec("sc", samples=32, adaptive=True)),
@@ -62,7 +63,10 @@ def test_parse_strategy(text: str, spec: StrategySpec) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "beam", "greedy:1", "budget", "budget:-1", "budget:x", "sc:0", "sc:65", "sc:adaptive:0", "sc:1:2"],
+    [
+        *("", "beam", "greedy:1", "budget", "budget:-1", "budget:x", "sc:0", "sc:65", "sc:adaptive:0"),
+        *("sc:1:2", "budget:auto:0", "budget:auto:11", "budget:auto:2:2", "budget:16:2"),
+    ],
 )
 def test_parse_strategy_rejects(text: str) -> None:
     with pytest.raises(InvalidRequestError) as err:
@@ -79,12 +83,14 @@ def test_request_fields_per_strategy() -> None:
     assert b16["thinking_budget"] == 16 and b16["max_tokens"] == 36
     auto = request_fields(parse_strategy("budget:auto"), s, 0)
     assert auto["thinking_budget"] == "auto" and auto["auto_budget_cap"] == 100 and auto["max_tokens"] == 120
+    assert "early_exit_agree" not in auto
+    assert request_fields(parse_strategy("budget:auto:3"), s, 0)["early_exit_agree"] == 3
     sc = request_fields(parse_strategy("sc:adaptive"), s, 0)
     assert sc["self_consistency"] == {"samples": 16, "adaptive": "beta"}
     assert request_fields(parse_strategy("lorid"), s, 0)["strategy"] == "lorid"
     seeds = {request_fields(parse_strategy("sc:8"), s, i)["seed"] for i in range(50)}
     assert len(seeds) == 50
-    for text in ("greedy", "budget:16", "budget:auto", "sc:8", "sc:adaptive", "lorid"):
+    for text in ("greedy", "budget:16", "budget:auto", "budget:auto:2", "sc:8", "sc:adaptive", "lorid"):
         er.GenerationOptions.build(None, request_fields(parse_strategy(text), s, 3))  # all valid options
     with_adapter = EvalSettings(adapter="student")
     assert request_fields(parse_strategy("greedy"), with_adapter, 0)["adapter"] == "student"

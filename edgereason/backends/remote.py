@@ -70,6 +70,7 @@ SERVER_THINKING_FIELDS = frozenset(
         "early_exit_max_probes",
         "early_exit_probe_tokens",
         "early_exit_confidence",
+        "early_exit_agree",
         "early_exit_prefix",
         "transition_markers",
         "auto_budget_cap",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..errors import InvalidRequestError
-from ..options import DEFAULT_MAX_SAMPLES
+from ..options import DEFAULT_MAX_SAMPLES, MAX_EARLY_EXIT_AGREE
 
 StrategyKind = Literal["greedy", "budget", "sc", "lorid"]
 DEFAULT_ADAPTIVE_MAX = 16  # sc:adaptive samples at most this many
@@ -16,22 +16,24 @@ DEFAULT_ANSWER_TOKENS = 64
 DEFAULT_PROMPT = "{question}"
 # Item i is seeded with seed + i * SEED_STRIDE; samples and LoRID roles add small offsets to that.
 SEED_STRIDE = 1000
-STRATEGY_HELP = "greedy | budget:N | budget:auto | sc:N | sc:adaptive[:MAX] | lorid"
+STRATEGY_HELP = "greedy | budget:N | budget:auto[:K] | sc:N | sc:adaptive[:MAX] | lorid"
 
 
 @dataclass(frozen=True)
 class StrategySpec:
-    """One strategy to evaluate. ``samples`` is the most samples for ``sc`` (fixed or adaptive)."""
+    """One strategy to evaluate. ``samples`` is the most samples for ``sc`` (fixed or adaptive);
+    ``agree``: for ``budget:auto:K``, the successive agreeing trial answers early exit wants."""
 
     kind: StrategyKind
     budget: int | Literal["auto"] | None = None
     samples: int = 1
     adaptive: bool = False
+    agree: int = 1
 
     @property
     def label(self) -> str:
         if self.kind == "budget":
-            return f"budget:{self.budget}"
+            return f"budget:{self.budget}" + (f":{self.agree}" if self.agree > 1 else "")
         if self.kind == "sc" and self.adaptive:
             return "sc:adaptive" if self.samples == DEFAULT_ADAPTIVE_MAX else f"sc:adaptive:{self.samples}"
         if self.kind == "sc":
@@ -39,7 +41,8 @@ class StrategySpec:
         return self.kind
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "budget": self.budget, "samples": self.samples, "adaptive": self.adaptive}
+        out = {"kind": self.kind, "budget": self.budget, "samples": self.samples, "adaptive": self.adaptive}
+        return {**out, "agree": self.agree} if self.agree > 1 else out
 
 
 def _positive(text: str, what: str, spec: str) -> int:
@@ -62,9 +65,15 @@ def parse_strategy(text: str) -> StrategySpec:
     head, args = parts[0], parts[1:]
     if head in ("greedy", "lorid") and not args:
         return StrategySpec(head)  # type: ignore[arg-type]
+    if head == "budget" and args and args[0] == "auto" and len(args) <= 2:
+        agree = _positive(args[1], "agreeing answers", text) if len(args) == 2 else 1
+        if not 1 <= agree <= MAX_EARLY_EXIT_AGREE:
+            raise InvalidRequestError(
+                f"strategy {text!r}: K (agreeing trial answers) must be 1 to {MAX_EARLY_EXIT_AGREE}",
+                "strategy",
+            )
+        return StrategySpec("budget", budget="auto", agree=agree)
     if head == "budget" and len(args) == 1:
-        if args[0] == "auto":
-            return StrategySpec("budget", budget="auto")
         return StrategySpec("budget", budget=_positive(args[0], "budget", text))
     if head == "sc" and len(args) == 1 and args[0] != "adaptive":
         return StrategySpec("sc", samples=_positive(args[0], "samples", text))
@@ -125,6 +134,8 @@ def request_fields(spec: StrategySpec, settings: EvalSettings, index: int) -> di
         fields["thinking_budget"] = spec.budget
         if spec.budget == "auto":
             fields["auto_budget_cap"] = max(1, settings.max_think)
+            if spec.agree > 1:
+                fields["early_exit_agree"] = spec.agree
         else:
             fields["max_tokens"] = int(spec.budget or 0) + settings.answer_tokens
     elif spec.kind == "sc":

@@ -11,6 +11,9 @@ through the scheduler's own verbs: rewind a sampled token, inject forced text, f
 - ``"auto"`` (DEER, arXiv 2504.15895): at a transition marker the main sequence is paused with the
   marker token withheld, a greedy probe is forked after a trial-answer prefix, and thinking ends when the
   probe's confidence reaches the threshold; otherwise the marker is re-added exactly and decoding goes on.
+  ``early_exit_agree=K`` (K > 1) also wants the last K trial answers to be the same, each confident: a
+  model whose trial answer is confident on every intermediate value of a step-by-step computation exits
+  only once the value stops changing.
 - Loop guard (MiP overthinking, arXiv 2504.06514): repeated n-grams or sentences, or a dense run of
   self-doubt markers, end thinking with ``stopped_by="loop_guard"``.
 """
@@ -24,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..answers import answers_equal
 from ..backends.base import SamplingParams, TopLogprobs
 from ..chat.reasoning import CLOSE_TAG
 from ..options import GenerationOptions
@@ -391,7 +395,7 @@ class ThinkingController:
         conf = 0.0 if failed else probe_confidence(probe.logprobs, self.opts.early_exit_confidence)
         self.probes.append(ProbeRecord(d.reasoning_tokens, conf, probe.text.strip()))
         d.sched.resume(seq)
-        if conf >= self.opts.early_exit_threshold:
+        if self._settled():
             self.close(d, seq, "early_exit", wrap=False)
             if not d.finished and d.completion_tokens >= d.max_tokens:
                 d.end(seq, "length")
@@ -402,6 +406,14 @@ class ThinkingController:
             d.on_token(seq, held.token, held.text, held.logprobs)
         finally:
             self._replaying = False
+
+    def _settled(self) -> bool:
+        """The last ``early_exit_agree`` trial answers are confident and (when more than one) the same."""
+        k = self.opts.early_exit_agree
+        last = self.probes[-k:]
+        if len(last) < k or any(p.confidence < self.opts.early_exit_threshold for p in last):
+            return False
+        return k == 1 or all(p.answer and answers_equal(p.answer, last[0].answer) for p in last)
 
     # -- helpers -----------------------------------------------------------------------------------
     def _wrap_text(self) -> str:
