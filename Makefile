@@ -60,7 +60,7 @@ bench: setup
 EVAL_MODEL      ?= student
 EVAL_ADAPTERS   ?=
 EVAL_LIMIT      ?= 300
-EVAL_STRATEGIES ?= greedy budget:16 budget:32 budget:64 budget:auto sc:8 sc:adaptive sc:16 lorid
+EVAL_STRATEGIES ?= greedy budget:16 budget:32 budget:64 budget:auto budget:auto:trial sc:8 sc:adaptive sc:16 lorid
 .PHONY: eval
 eval: setup
 	$(BIN)/edgereason eval --model $(EVAL_MODEL) $(EVAL_ADAPTERS) --data arith --split test --limit $(EVAL_LIMIT) \

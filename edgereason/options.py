@@ -194,6 +194,10 @@ class GenerationOptions(BaseModel):
         le=MAX_EARLY_EXIT_AGREE,
         description="exit once this many successive trial answers agree, each confident (1: DEER as published)",
     )
+    early_exit_answer: Literal["model", "trial"] = Field(
+        default="model",
+        description="after an early exit the model answers (DEER), or the confident trial answer is the answer",
+    )
     early_exit_prefix: str | None = Field(default=None, description="trial-answer prefix; default by format")
     transition_markers: tuple[str, ...] = Field(
         default=DEFAULT_TRANSITION_MARKERS, min_length=1, max_length=16

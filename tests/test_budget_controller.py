@@ -259,6 +259,23 @@ def test_early_exit_can_want_successive_trial_answers_to_agree(
     assert first.extra["early_exit_probe_count"] == 1 and first.reasoning == "Step one."
 
 
+def test_early_exit_can_answer_with_the_confident_trial_answer() -> None:
+    probes = [[(" 7", 0.2), ("0", 0.3), ("\n", 1.0)], [(" 8", 0.99), (" km", 0.99), ("\n", 1.0)]]
+    res, sched = run(ScriptedBackend(MAIN, probes), thinking_budget="auto", early_exit_answer="trial")
+    c = res.choices[0]
+    assert c.thinking_stopped_by == "early_exit" and c.finish_reason == "stop"
+    assert c.reasoning == "Step one. Wait two." and c.content == PREFIX + " 8 km"  # not the model's " 42"
+    assert c.completion_tokens == c.reasoning_tokens + len(
+        ScriptedBackend(MAIN).tokenize("\n</think>\n\n" + c.content)
+    )
+    assert sched.live_count == 0
+    # No room left under max_tokens for the trial answer: the model answers as usual.
+    tight = run(
+        ScriptedBackend(MAIN, probes), thinking_budget="auto", early_exit_answer="trial", max_tokens=14
+    )[0].choices[0]
+    assert tight.thinking_stopped_by == "early_exit" and PREFIX not in tight.content
+
+
 def test_probe_limit_and_unconfident_probes_leave_the_main_unchanged() -> None:
     low = [(" 1", 0.1), ("2", 0.2), ("\n", 1.0)]
     plain = run(ScriptedBackend(MAIN))[0].choices[0]

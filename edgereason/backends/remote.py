@@ -71,6 +71,7 @@ SERVER_THINKING_FIELDS = frozenset(
         "early_exit_probe_tokens",
         "early_exit_confidence",
         "early_exit_agree",
+        "early_exit_answer",
         "early_exit_prefix",
         "transition_markers",
         "auto_budget_cap",

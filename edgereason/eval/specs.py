@@ -16,24 +16,27 @@ DEFAULT_ANSWER_TOKENS = 64
 DEFAULT_PROMPT = "{question}"
 # Item i is seeded with seed + i * SEED_STRIDE; samples and LoRID roles add small offsets to that.
 SEED_STRIDE = 1000
-STRATEGY_HELP = "greedy | budget:N | budget:auto[:K] | sc:N | sc:adaptive[:MAX] | lorid"
+STRATEGY_HELP = "greedy | budget:N | budget:auto[:K][:trial] | sc:N | sc:adaptive[:MAX] | lorid"
 
 
 @dataclass(frozen=True)
 class StrategySpec:
     """One strategy to evaluate. ``samples`` is the most samples for ``sc`` (fixed or adaptive);
-    ``agree``: for ``budget:auto:K``, the successive agreeing trial answers early exit wants."""
+    ``agree``: for ``budget:auto:K``, the successive agreeing trial answers early exit wants;
+    ``trial``: for ``budget:auto:trial``, an early exit answers with the confident trial answer."""
 
     kind: StrategyKind
     budget: int | Literal["auto"] | None = None
     samples: int = 1
     adaptive: bool = False
     agree: int = 1
+    trial: bool = False
 
     @property
     def label(self) -> str:
         if self.kind == "budget":
-            return f"budget:{self.budget}" + (f":{self.agree}" if self.agree > 1 else "")
+            extra = (f":{self.agree}" if self.agree > 1 else "") + (":trial" if self.trial else "")
+            return f"budget:{self.budget}{extra}"
         if self.kind == "sc" and self.adaptive:
             return "sc:adaptive" if self.samples == DEFAULT_ADAPTIVE_MAX else f"sc:adaptive:{self.samples}"
         if self.kind == "sc":
@@ -42,7 +45,11 @@ class StrategySpec:
 
     def describe(self) -> dict[str, Any]:
         out = {"kind": self.kind, "budget": self.budget, "samples": self.samples, "adaptive": self.adaptive}
-        return {**out, "agree": self.agree} if self.agree > 1 else out
+        if self.agree > 1:
+            out["agree"] = self.agree
+        if self.trial:
+            out["trial"] = True
+        return out
 
 
 def _positive(text: str, what: str, spec: str) -> int:
@@ -65,14 +72,18 @@ def parse_strategy(text: str) -> StrategySpec:
     head, args = parts[0], parts[1:]
     if head in ("greedy", "lorid") and not args:
         return StrategySpec(head)  # type: ignore[arg-type]
-    if head == "budget" and args and args[0] == "auto" and len(args) <= 2:
-        agree = _positive(args[1], "agreeing answers", text) if len(args) == 2 else 1
+    if head == "budget" and args and args[0] == "auto" and len(args) <= 3:
+        trial = args[-1] == "trial" and len(args) > 1
+        rest = args[1 : len(args) - trial]
+        if len(rest) > 1:
+            raise InvalidRequestError(f"unknown strategy {text!r}; use {STRATEGY_HELP}", param="strategy")
+        agree = _positive(rest[0], "agreeing answers", text) if rest else 1
         if not 1 <= agree <= MAX_EARLY_EXIT_AGREE:
             raise InvalidRequestError(
                 f"strategy {text!r}: K (agreeing trial answers) must be 1 to {MAX_EARLY_EXIT_AGREE}",
                 "strategy",
             )
-        return StrategySpec("budget", budget="auto", agree=agree)
+        return StrategySpec("budget", budget="auto", agree=agree, trial=trial)
     if head == "budget" and len(args) == 1:
         return StrategySpec("budget", budget=_positive(args[0], "budget", text))
     if head == "sc" and len(args) == 1 and args[0] != "adaptive":
@@ -136,6 +147,8 @@ def request_fields(spec: StrategySpec, settings: EvalSettings, index: int) -> di
             fields["auto_budget_cap"] = max(1, settings.max_think)
             if spec.agree > 1:
                 fields["early_exit_agree"] = spec.agree
+            if spec.trial:
+                fields["early_exit_answer"] = "trial"
         else:
             fields["max_tokens"] = int(spec.budget or 0) + settings.answer_tokens
     elif spec.kind == "sc":

@@ -13,7 +13,8 @@ through the scheduler's own verbs: rewind a sampled token, inject forced text, f
   probe's confidence reaches the threshold; otherwise the marker is re-added exactly and decoding goes on.
   ``early_exit_agree=K`` (K > 1) also wants the last K trial answers to be the same, each confident: a
   model whose trial answer is confident on every intermediate value of a step-by-step computation exits
-  only once the value stops changing.
+  only once the value stops changing. ``early_exit_answer="trial"`` ends the choice with the confident
+  trial answer as its content (prefix text + answer) instead of letting the model answer after the close.
 - Loop guard (MiP overthinking, arXiv 2504.06514): repeated n-grams or sentences, or a dense run of
   self-doubt markers, end thinking with ``stopped_by="loop_guard"``.
 """
@@ -397,6 +398,8 @@ class ThinkingController:
         d.sched.resume(seq)
         if self._settled():
             self.close(d, seq, "early_exit", wrap=False)
+            if not d.finished and self.opts.early_exit_answer == "trial":
+                self._answer_with_trial(d, seq, probe)
             if not d.finished and d.completion_tokens >= d.max_tokens:
                 d.end(seq, "length")
             return
@@ -406,6 +409,17 @@ class ThinkingController:
             d.on_token(seq, held.token, held.text, held.logprobs)
         finally:
             self._replaying = False
+
+    def _answer_with_trial(self, d: ChoiceDecoder, seq: Seq, probe: Probe) -> None:
+        """The confident trial answer becomes the choice's answer (when it fits in ``max_tokens``)."""
+        assert self.prefix is not None
+        lead = self.prefix.split(CLOSE_TAG, 1)[-1].lstrip("\n")  # a prefix that closed thinking itself
+        text = lead + probe.text + ("}" if probe.stop_at_brace else "")
+        if d.completion_tokens + len(d.sched.backend.tokenize(text)) > d.max_tokens:
+            return  # no room: the model answers as usual
+        d.inject_text(seq, text)
+        if not d.finished:
+            d.end(seq, "stop")
 
     def _settled(self) -> bool:
         """The last ``early_exit_agree`` trial answers are confident and (when more than one) the same."""
