@@ -57,6 +57,13 @@ class SelfConsistencyOptions(BaseModel):
     time_budget_s: float | None = Field(
         default=None, gt=0.0, description="keep sampling until this deadline, then vote"
     )
+    parallel: int | None = Field(
+        default=None,
+        ge=1,
+        le=DEFAULT_MAX_SAMPLES,
+        description="samples decoded at once (default: as many as the slots hold); fewer lets an adaptive "
+        "stop save the compute of samples not yet started",
+    )
     answer_format: Literal["auto", "number", "boxed", "choice", "text"] = "auto"
     mismatch: Literal["keep", "drop", "downweight"] = Field(
         default="keep",

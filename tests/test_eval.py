@@ -86,7 +86,7 @@ def test_request_fields_per_strategy() -> None:
     assert "early_exit_agree" not in auto
     assert request_fields(parse_strategy("budget:auto:3"), s, 0)["early_exit_agree"] == 3
     sc = request_fields(parse_strategy("sc:adaptive"), s, 0)
-    assert sc["self_consistency"] == {"samples": 16, "adaptive": "beta"}
+    assert sc["self_consistency"] == {"samples": 16, "adaptive": "beta", "parallel": 4}
     assert request_fields(parse_strategy("lorid"), s, 0)["strategy"] == "lorid"
     seeds = {request_fields(parse_strategy("sc:8"), s, i)["seed"] for i in range(50)}
     assert len(seeds) == 50
@@ -373,7 +373,7 @@ def test_concurrency_follows_the_jobs_slots(engine: er.Engine) -> None:
     assert concurrency_for(engine, parse_strategy("greedy"), s) == 16
     assert concurrency_for(engine, parse_strategy("budget:auto"), s) == 8  # a probe beside each
     assert concurrency_for(engine, parse_strategy("sc:4"), s) == 3  # 4 samples + the prompt
-    assert concurrency_for(engine, parse_strategy("sc:adaptive"), s) == 1
+    assert concurrency_for(engine, parse_strategy("sc:adaptive"), s) == 3  # 4 at a time + the prompt
 
 
 def test_a_refused_item_is_recorded_not_fatal(engine: er.Engine) -> None:

@@ -67,6 +67,7 @@ def sc(engine: er.Engine, prompt: str = "Q: 3 + 4?\nA:", **sc_opts: object) -> d
         ({"mismatch": "ignore"}, "self_consistency.mismatch"),
         ({"bogus": 1}, "self_consistency.bogus"),
         ({"time_budget_s": 0}, "self_consistency.time_budget_s"),
+        ({"parallel": 0}, "self_consistency.parallel"),
     ],
 )
 def test_bad_self_consistency_options(value: object, param: str) -> None:
@@ -124,6 +125,17 @@ def test_beta_stops_early_and_cancels(scripted: ScriptedBackend) -> None:
         # 1 - 0.5^(a+1) >= 0.95 first holds at a = 4 unanimous votes
         assert rep["samples_used"] == 4 and rep["stopped_early"] and rep["stop_rule"] == "beta"
         assert rep["samples_cancelled"] >= 1 and rep["answer"] == "7"
+        assert engine.live_sequences == 0 and not scripted.live
+
+
+def test_fewer_parallel_samples_waste_no_compute_on_an_early_stop(scripted: ScriptedBackend) -> None:
+    scripted.scripts = [" " * 4 + "7", " " * 30 + "7"]
+    with er.Engine(scripted) as engine:
+        rep = sc(engine, samples=16, adaptive="beta", parallel=1)  # one at a time, as Adaptive-Consistency
+        assert rep["samples_used"] == 4 and rep["samples_cancelled"] == 0 and rep["parallel"] == 1
+        assert [s["index"] for s in rep["samples"]] == [0, 1, 2, 3]
+        wide = sc(engine, samples=16, adaptive="beta")  # as many as the slots hold: 3
+        assert wide["parallel"] == 3 and wide["samples_used"] == 4 and wide["samples_cancelled"] >= 1
         assert engine.live_sequences == 0 and not scripted.live
 
 

@@ -11,6 +11,10 @@ from ..options import DEFAULT_MAX_SAMPLES, MAX_EARLY_EXIT_AGREE
 
 StrategyKind = Literal["greedy", "budget", "sc", "lorid"]
 DEFAULT_ADAPTIVE_MAX = 16  # sc:adaptive samples at most this many
+# ... and decodes this many at a time (a new one as each finishes), so that stopping early saves the
+# compute of samples not started (Adaptive-Consistency samples one at a time; all 16 at once would stop
+# when most of them are nearly done).
+ADAPTIVE_PARALLEL = 4
 DEFAULT_MAX_THINK = 256
 DEFAULT_ANSWER_TOKENS = 64
 DEFAULT_PROMPT = "{question}"
@@ -49,6 +53,8 @@ class StrategySpec:
             out["agree"] = self.agree
         if self.trial:
             out["trial"] = True
+        if self.adaptive:
+            out["parallel"] = ADAPTIVE_PARALLEL
         return out
 
 
@@ -153,6 +159,8 @@ def request_fields(spec: StrategySpec, settings: EvalSettings, index: int) -> di
             fields["max_tokens"] = int(spec.budget or 0) + settings.answer_tokens
     elif spec.kind == "sc":
         fields["self_consistency"] = {"samples": spec.samples, "adaptive": "beta" if spec.adaptive else False}
+        if spec.adaptive:
+            fields["self_consistency"]["parallel"] = ADAPTIVE_PARALLEL
     elif spec.kind == "lorid":
         fields["strategy"] = "lorid"
     if settings.adapter is not None and spec.kind != "lorid":

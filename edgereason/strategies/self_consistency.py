@@ -1,7 +1,8 @@
 """Self-consistency in the engine: sample reasoning paths in one batch and vote on their answers.
 
 The prompt is prefilled once into a holder sequence that lives as long as the job; samples are
-forked from it as parallel sequences (up to ``width`` at a time, a new fork whenever one finishes).
+forked from it as parallel sequences (up to ``width`` at a time: ``parallel``, or as many as the slots
+hold; a new fork whenever one finishes).
 Answers are extracted as samples finish and the stopping rule is applied in finish order; when it
 fires (or the time budget runs out) the samples still decoding are cancelled and freed at once.
 """
@@ -101,7 +102,8 @@ class SelfConsistencyJob(Job):
         # One slot holds the prompt; the samples share the rest, a new one forked as each finishes.
         # Under the "auto" thinking budget each sample may fork an early-exit probe beside it.
         per_sample = 2 if opts.effective_thinking_budget == "auto" else 1
-        self.width = max(1, min(self.sc.samples, (max_sequences - 1) // per_sample))
+        most = min(self.sc.samples, self.sc.parallel or self.sc.samples)
+        self.width = max(1, min(most, (max_sequences - 1) // per_sample))
         self.slots_needed = self.width * per_sample + 1
         self.running: list[SampleDecoder] = []
         self.finished: list[SampleReport] = []  # in finish order
@@ -251,6 +253,7 @@ class SelfConsistencyJob(Job):
             "samples_used": len(self.finished),
             "samples_requested": self.sc.samples,
             "samples_cancelled": len(self.cancelled),
+            "parallel": self.width,
             "confidence": result.share,
             "stopped_early": self.stop_rule is not None,
             "stop_rule": self.stop_rule or self.rule.name,
