@@ -100,12 +100,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from ..eval.summary import markdown_table, summarize, write_table_into
 
         meta, runs = load_run(args.table)  # a strategy still running shows its finished items
-        labels = [run.spec.label for run in runs]
-        if args.baseline is not None and args.baseline not in labels:
-            raise InvalidRequestError(
-                f"--baseline {args.baseline} is not among {args.table}'s strategies ({', '.join(labels)})",
-                param="baseline",
-            )
+        _check_baseline(args.baseline, [run.spec.label for run in runs], f"{args.table}'s strategies")
         table = markdown_table(summarize(runs, meta, args.baseline))
         if args.into:
             write_table_into(args.into, table)
@@ -120,11 +115,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     labels = [s.label for s in args.strategy]
     if len(set(labels)) != len(labels):
         raise InvalidRequestError(f"a strategy is listed twice: {', '.join(labels)}", param="strategy")
-    if args.baseline is not None and args.baseline not in labels:
-        raise InvalidRequestError(
-            f"--baseline {args.baseline} is not among the strategies ({', '.join(labels)})", param="baseline"
-        )
+    _check_baseline(args.baseline, labels, "the strategies")
     return _evaluate(args)
+
+
+def _check_baseline(baseline: str | None, labels: list[str], where: str) -> None:
+    if baseline is not None and baseline not in labels:
+        raise InvalidRequestError(
+            f"--baseline {baseline} is not among {where} ({', '.join(labels)})", param="baseline"
+        )
 
 
 def _compare(dirs: list[Path]) -> int:
@@ -234,11 +233,10 @@ def _evaluate(args: argparse.Namespace) -> int:
                     prior_wall_s=prior,
                 )
                 runs = merge_runs(args.strategy, done)
-                write_run(
-                    args.out, runs, summarize(runs, meta, args.baseline)
-                )  # a long run keeps what it has finished
+                summary = summarize(runs, meta, args.baseline)
+                write_run(args.out, runs, summary)  # a long run keeps what it has finished
                 partial.finish(spec.label)
-                _print_row(spec.label, summarize(runs, meta, args.baseline)["strategies"][spec.label])
+                _print_row(spec.label, summary["strategies"][spec.label])
     runs = merge_runs(args.strategy, done)
     summary = summarize(runs, meta, args.baseline)
     results, summary_path = write_run(args.out, runs, summary)

@@ -166,6 +166,15 @@ def _read_partial(path: Path) -> Iterable[tuple[str, ItemRecord, float]]:
                 log.warning("%s:%d: unreadable record skipped (it runs again)", path, n)
 
 
+def _ends_with_newline(path: Path) -> bool:
+    """True for an empty file or one whose last byte is a newline (read without loading the file)."""
+    with path.open("rb") as fh:
+        if fh.seek(0, 2) == 0:
+            return True
+        fh.seek(-1, 2)
+        return fh.read(1) == b"\n"
+
+
 def _label(line: str) -> str | None:
     try:
         return str(json.loads(line)["record"]["strategy"])
@@ -182,7 +191,7 @@ class PartialLog:
         out.mkdir(parents=True, exist_ok=True)
         self.path = out / PARTIAL_FILE
         self._fh: IO[str] = self.path.open("a" if resume else "w", encoding="utf-8")
-        if resume and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n"):
+        if resume and not _ends_with_newline(self.path):
             self._fh.write("\n")  # a torn last line stays alone (and unread) rather than swallow the next
         self._lock = threading.Lock()
         self._t0 = time.perf_counter()

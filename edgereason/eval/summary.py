@@ -74,15 +74,14 @@ def paired_difference(
     neither = counts[False, False]
     lo, hi = paired_interval(both, first, second, neither)
     clean = [(b, o) for b, o in pairs if b.error is None and o.error is None]
+    olds, news = [b for b, _ in clean], [o for _, o in clean]
 
-    def tokens(r: ItemRecord, reasoning: bool) -> int:
-        return r.reasoning_tokens + (0 if reasoning else r.answer_tokens)
+    def reasoning(rs: list[ItemRecord]) -> int:
+        return sum(r.reasoning_tokens for r in rs)
 
-    change = {}
-    for key, reasoning in (("reasoning_tokens_change", True), ("tokens_change", False)):
-        new = sum(tokens(o, reasoning) for _, o in clean)
-        old = sum(tokens(b, reasoning) for b, _ in clean)
-        change[key] = _change(new, old)
+    def total(rs: list[ItemRecord]) -> int:
+        return sum(r.reasoning_tokens + r.answer_tokens for r in rs)
+
     n = len(pairs)
     return {
         "vs": base_label,
@@ -93,7 +92,8 @@ def paired_difference(
         "ci95": [round(lo, 4), round(hi, 4)],
         "only_baseline_right": first,
         "only_this_right": second,
-        **change,
+        "reasoning_tokens_change": _change(reasoning(news), reasoning(olds)),
+        "tokens_change": _change(total(news), total(olds)),
     }
 
 
