@@ -32,6 +32,8 @@ DEFAULT_TRANSITION_MARKERS = ("Wait", "Alternatively", "Hmm")
 DEFAULT_AUTO_BUDGET_CAP = 1024
 DEFAULT_MAX_SAMPLES = 64  # most self-consistency samples one request may ask for
 MAX_EARLY_EXIT_AGREE = 10  # most successive agreeing trial answers early exit may want
+MAX_LOGIT_BIAS = 100.0  # OpenAI's range; +-100 bans or forces a token
+MAX_LOGIT_BIAS_TOKENS = 1024
 
 
 class SelfConsistencyOptions(BaseModel):
@@ -137,6 +139,11 @@ class GenerationOptions(BaseModel):
     repeat_last_n: int = Field(default=64, ge=0)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    logit_bias: tuple[tuple[int, float], ...] = Field(
+        default=(),
+        max_length=MAX_LOGIT_BIAS_TOKENS,
+        description="token id -> bias in [-100, 100] added to its logit (OpenAI's logit_bias; a dict)",
+    )
     seed: int | None = Field(default=None, ge=0, lt=2**32)
     stop: tuple[str, ...] = Field(default=(), max_length=MAX_STOP_STRINGS)
     n: int = Field(default=1, ge=1, le=64, description="independent choices, decoded in one batch")
@@ -161,6 +168,31 @@ class GenerationOptions(BaseModel):
     def _samples_shorthand(cls, v: Any) -> Any:
         if isinstance(v, int) and not isinstance(v, bool):
             return {"samples": v}
+        return v
+
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _bias_pairs(cls, v: Any) -> Any:
+        if v is None:
+            return ()
+        if not isinstance(v, Mapping):
+            return v
+        pairs = []
+        for key, bias in v.items():
+            token = key.strip() if isinstance(key, str) else key
+            if isinstance(token, str) and token.isdigit():
+                token = int(token)
+            if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+                raise ValueError(f"keys are token ids (non-negative integers as strings), got {key!r}")
+            pairs.append((token, bias))
+        return sorted(pairs)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_range(cls, v: tuple[tuple[int, float], ...]) -> tuple[tuple[int, float], ...]:
+        for token, bias in v:
+            if not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
+                raise ValueError(f"the bias of token {token} is {bias}; biases lie in [-100, 100]")
         return v
 
     @field_validator("stop", mode="before")

@@ -16,6 +16,17 @@ from ..result import ChatResult, Choice, TokenLogprob
 
 # OpenAI fields a client may send that do not change generation here.
 IGNORED_FIELDS = frozenset({"user", "store", "metadata", "service_tier", "parallel_tool_calls", "modalities"})
+INT64 = 2**63
+# chat_template_kwargs keys a request may set (others would need the template to see them: 400).
+TEMPLATE_KWARGS = ("enable_thinking",)
+
+
+def fold_seed(seed: int) -> int:
+    """OpenAI's int64 seed as the 32-bit seed llama.cpp takes (seeds below 2**32 unchanged)."""
+    if 0 <= seed < 2**32:
+        return seed
+    s = seed & (2**64 - 1)
+    return (s ^ (s >> 32)) & 0xFFFFFFFF
 
 
 class ChatMessage(BaseModel):
@@ -38,16 +49,20 @@ class _SamplingRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str | None = None
-    max_tokens: int | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = None
     top_p: float | None = None
     n: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-INT64, lt=INT64, description="any int64")
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = Field(
+        default=None, description="token id (as a string) -> bias in [-100, 100]"
+    )
+    repetition_penalty: float | None = Field(default=None, description="vLLM's name for repeat_penalty")
 
     def option_fields(self) -> dict[str, Any]:
         """The fields for ``GenerationOptions``: OpenAI ones renamed, extras passed through by name."""
@@ -58,9 +73,9 @@ class _SamplingRequest(BaseModel):
             "top_p",
             "n",
             "stop",
-            "seed",
             "presence_penalty",
             "frequency_penalty",
+            "logit_bias",
         ):
             value = getattr(self, name)
             if value is not None:
@@ -68,6 +83,14 @@ class _SamplingRequest(BaseModel):
         for name, value in (self.model_extra or {}).items():
             if name not in IGNORED_FIELDS:
                 out[name] = value
+        if self.seed is not None:
+            out["seed"] = fold_seed(self.seed)
+        if self.repetition_penalty is not None:
+            if "repeat_penalty" in out:
+                raise InvalidRequestError(
+                    "give repetition_penalty or repeat_penalty, not both", param="repetition_penalty"
+                )
+            out["repeat_penalty"] = self.repetition_penalty
         return out
 
 
@@ -89,13 +112,22 @@ class UnloadLoraAdapterRequest(BaseModel):
 
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None
+    max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
-    top_logprobs: int | None = None
-    reasoning_effort: str | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    reasoning_effort: str | None = Field(
+        default=None, description="none | minimal (= none: no thinking) | low | medium | high"
+    )
+    tools: list[dict[str, Any]] | None = Field(default=None, description="only [] (tool calls: not yet)")
+    tool_choice: str | dict[str, Any] | None = Field(default=None, description="only 'none'")
+    response_format: dict[str, Any] | None = Field(default=None, description='only {"type": "text"}')
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        default=None, description="only enable_thinking (Qwen3/vLLM): false renders without thinking"
+    )
 
     def option_fields(self) -> dict[str, Any]:
         out = super().option_fields()
+        self._check_tools()
         if self.max_completion_tokens is not None:
             out["max_tokens"] = self.max_completion_tokens
         if self.logprobs:
@@ -104,9 +136,49 @@ class ChatCompletionRequest(_SamplingRequest):
             if not self.logprobs and self.top_logprobs:
                 raise InvalidRequestError("top_logprobs needs logprobs: true", param="top_logprobs")
             out["top_logprobs"] = self.top_logprobs
-        if self.reasoning_effort is not None:  # an option of GenerationOptions once the budget work lands
-            out["reasoning_effort"] = self.reasoning_effort
+        if self.reasoning_effort is not None:
+            # OpenAI's "minimal" (fastest first token): small on-device models have no useful budget
+            # below "low", so it skips thinking like "none".
+            out["reasoning_effort"] = "none" if self.reasoning_effort == "minimal" else self.reasoning_effort
+        if self.chat_template_kwargs:
+            unknown = sorted(set(self.chat_template_kwargs) - set(TEMPLATE_KWARGS))
+            if unknown:
+                raise InvalidRequestError(
+                    f"chat_template_kwargs: unsupported key(s) {', '.join(map(repr, unknown))}; "
+                    f"supported: {', '.join(TEMPLATE_KWARGS)}",
+                    param="chat_template_kwargs",
+                )
+            enable = self.chat_template_kwargs.get("enable_thinking")
+            if enable is not None:
+                if not isinstance(enable, bool):
+                    raise InvalidRequestError(
+                        "chat_template_kwargs.enable_thinking must be true or false",
+                        param="chat_template_kwargs.enable_thinking",
+                    )
+                if isinstance(out.get("thinking"), bool) and out["thinking"] != enable:
+                    raise InvalidRequestError(
+                        "thinking and chat_template_kwargs.enable_thinking disagree", param="thinking"
+                    )
+                out["thinking"] = enable
         return out
+
+    def _check_tools(self) -> None:
+        """The no-op values other servers accept; anything else is not supported yet (400)."""
+        if self.tools:
+            raise InvalidRequestError(
+                "tools: tool calling is not supported yet; send no tools (or [])", param="tools"
+            )
+        if self.tool_choice is not None and self.tool_choice != "none":
+            raise InvalidRequestError(
+                "tool_choice: only 'none' is supported (tool calling is not supported yet)",
+                param="tool_choice",
+            )
+        if self.response_format is not None and self.response_format != {"type": "text"}:
+            kind = self.response_format.get("type")
+            raise InvalidRequestError(
+                f"response_format: {kind!r} is not supported yet; only {{'type': 'text'}}",
+                param="response_format",
+            )
 
     def message_dicts(self) -> list[dict[str, Any]]:
         return [m.model_dump(exclude_none=True) for m in self.messages]
@@ -114,7 +186,7 @@ class ChatCompletionRequest(_SamplingRequest):
 
 class CompletionRequest(_SamplingRequest):
     prompt: str | list[str]
-    logprobs: int | None = Field(default=None, description="top alternatives per token (0-5)")
+    logprobs: int | None = Field(default=None, ge=0, le=5, description="top alternatives per token (0-5)")
     echo: bool = False
     best_of: int | None = None
     suffix: str | None = None
