@@ -11,7 +11,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-BENCHES = ("decode", "serve", "votes", "budgets", "lora", "convert", "backends", "hybrid")
+BENCHES = ("decode", "serve", "votes", "budgets", "lora", "convert", "backends", "hybrid", "peer")
 
 
 def add_bench_parser(sub: Any, add_model_flags: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -26,6 +26,12 @@ def add_bench_parser(sub: Any, add_model_flags: Callable[[argparse.ArgumentParse
     bench.add_argument(
         "--answer-tokens", type=int, default=48, help="votes: max tokens per answer in the accuracy runs"
     )
+    bench.add_argument("--slots", type=int, default=8, help="peer: slots (sequences) of both servers")
+    bench.add_argument("--rounds", type=int, default=2, help="peer: rounds, servers alternated")
+    bench.add_argument("--quick", action="store_true", help="peer: 1 round, 32 tokens, no long prompt")
+    bench.add_argument(
+        "--big", action="store_true", help="peer: also a random Qwen2.5-0.5B-shaped q4_k_m (convert extra)"
+    )
     bench.add_argument(
         "--out", type=Path, default=Path("bench-results"), help="where to write the JSON results"
     )
@@ -34,7 +40,7 @@ def add_bench_parser(sub: Any, add_model_flags: Callable[[argparse.ArgumentParse
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from . import backends, budgets, convert, decode, hybrid, lora, serve, votes
+    from . import backends, budgets, convert, decode, hybrid, lora, peer, serve, votes
 
     runners = {
         "decode": decode.run,
@@ -45,6 +51,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "convert": convert.run,
         "hybrid": hybrid.run,
         "backends": backends.run,
+        "peer": peer.run,
     }
     results = runners[args.which](args)
     args.out.mkdir(parents=True, exist_ok=True)
