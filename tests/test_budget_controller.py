@@ -51,7 +51,7 @@ class ScriptedBackend:
             self.vocab.append(text)
         return self.vocab.index(text)
 
-    def tokenize(self, text: str, *, add_bos: bool = False) -> list[int]:
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> list[int]:
         known = sorted(
             {*self.main, *self.answer, "\n", "</", "think", ">", "\n\n", PREFIX, "Wait"},
             key=len,

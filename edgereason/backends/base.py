@@ -57,6 +57,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int = 0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,9 @@ class Backend(Protocol):
     info: ModelInfo
     capabilities: Capabilities
 
-    def tokenize(self, text: str, *, add_bos: bool = False) -> list[int]:
-        """Text to token ids; special-token text (``<|im_start|>``) becomes the special token."""
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> list[int]:
+        """Text to token ids; with ``special``, special-token text (``<|im_start|>``) becomes the
+        special token, else it is ordinary text (message contents)."""
         ...
 
     def token_bytes(self, token: int) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -121,12 +122,26 @@ class FolderTokenizer:
         eog |= {i for i, text in self._added.items() if text in END_OF_TURN_TEXTS}
         self.eog_ids = frozenset(eog)
         self._bytes: dict[int, bytes] = {}
+        self._literal: Any = None  # a copy that tokenizes special-token text as text (built on first use)
+        self._literal_lock = threading.Lock()
 
-    def tokenize(self, text: str, *, add_bos: bool = False) -> list[int]:
-        ids = list(self._tok.encode(text, add_special_tokens=False).ids)
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> list[int]:
+        if special:
+            ids = list(self._tok.encode(text, add_special_tokens=False).ids)
+        else:  # special-token text as ordinary text (tokenizers >= 0.15), on a copy: no shared toggle
+            ids = list(self._literal_tokenizer().encode(text, add_special_tokens=False).ids)
         if add_bos and self.bos_id is not None:
             ids.insert(0, int(self.bos_id))
         return ids
+
+    def _literal_tokenizer(self) -> Any:
+        with self._literal_lock:
+            if self._literal is None:
+                from tokenizers import Tokenizer
+
+                self._literal = Tokenizer.from_str(self._tok.to_str())
+                self._literal.encode_special_tokens = True
+            return self._literal
 
     def token_bytes(self, token: int) -> bytes:
         piece = self._bytes.get(token)
@@ -186,7 +201,7 @@ def folder_size(folder: Path) -> int:
 class NumpySampler:
     """One sequence's sampler on a logits row, in llama.cpp's chain order.
 
-    Penalties over the last ``repeat_last_n`` sampled tokens, then greedy at temperature 0, else
+    Logit biases, penalties over the last ``repeat_last_n`` sampled tokens, then greedy at temperature 0, else
     top-k, top-p, min-p, temperature and a seeded draw.
     """
 
@@ -200,6 +215,8 @@ class NumpySampler:
 
     def sample(self, row: np.ndarray) -> int:
         logits = row.astype(np.float64, copy=True)
+        for token, bias in self.p.logit_bias:
+            logits[token] += bias
         if self._penalise and self._recent:
             self._apply_penalties(logits)
         token = self._greedy(logits) if self.p.temperature <= 0.0 else self._draw(logits)
@@ -268,8 +285,8 @@ class FolderBackendMixin:
     tokenizer: FolderTokenizer
     _rows: list[np.ndarray]
 
-    def tokenize(self, text: str, *, add_bos: bool = False) -> list[int]:
-        return self.tokenizer.tokenize(text, add_bos=add_bos)
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> list[int]:
+        return self.tokenizer.tokenize(text, add_bos=add_bos, special=special)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self.tokenizer.detokenize(tokens)

@@ -142,10 +142,18 @@ class LlamaSampler:
         self._lib = lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         add = lambda s: lib.llama_sampler_chain_add(chain, s)  # noqa: E731
+        n_vocab = int(lib.llama_vocab_n_tokens(vocab))
+        if p.logit_bias:
+            biases = (lib.llama_logit_bias * len(p.logit_bias))()
+            for i, (token, bias) in enumerate(p.logit_bias):
+                biases[i].token, biases[i].bias = token, bias
+            add(lib.llama_sampler_init_logit_bias(n_vocab, len(p.logit_bias), biases))
         if p.repeat_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
+            # Over the generated tokens (each sampled token is accepted into the chain), as OpenAI's
+            # penalties; this llama.cpp build's signature takes n_vocab first.
             add(
                 lib.llama_sampler_init_penalties(
-                    p.repeat_last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
+                    n_vocab, p.repeat_last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
                 )
             )
         if p.temperature <= 0.0:
@@ -264,15 +272,15 @@ class LlamaCppBackend:
         )
 
     # -- text ----------------------------------------------------------------------------------
-    def tokenize(self, text: str, *, add_bos: bool = False) -> list[int]:
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> list[int]:
         data = text.encode("utf-8")
         cap = len(data) + 8
         buf = (ctypes.c_int32 * cap)()
-        n = self._lib.llama_tokenize(self.vocab, data, len(data), buf, cap, add_bos, True)
+        n = self._lib.llama_tokenize(self.vocab, data, len(data), buf, cap, add_bos, special)
         if n < 0:
             cap = -n
             buf = (ctypes.c_int32 * cap)()
-            n = self._lib.llama_tokenize(self.vocab, data, len(data), buf, cap, add_bos, True)
+            n = self._lib.llama_tokenize(self.vocab, data, len(data), buf, cap, add_bos, special)
         return list(buf[:n])
 
     def token_bytes(self, token: int) -> bytes:

@@ -48,6 +48,8 @@ class PromptPlan:
     may_open: bool  # the model may open <think> itself at the start of its output
     thinking_disabled: bool  # the prompt carries a closed, empty think block
     reasoning_format: str | None = None  # the format's value, when rendered for one (probe prefixes)
+    # Message contents holding control-token text: tokenized as ordinary text (see chat/tokens.py).
+    literals: tuple[str, ...] = ()
 
 
 def plan_prompt(rendered: str, fmt: ReasoningFormat, thinking: Thinking) -> PromptPlan:
