@@ -101,6 +101,8 @@ def load(
     chat_template: str | None = None,
     reasoning_format: str | None = None,
     backend: str = "auto",
+    cache_type_k: str = "f16",
+    cache_type_v: str = "f16",
 ) -> Engine:
     """Load a model and start an engine for it.
 
@@ -109,6 +111,8 @@ def load(
     name in ``$EDGEREASON_MODELS_DIR`` (for ``openai://`` the engine is a ``RemoteEngine``, which serves
     the same request API). ``backend``: one of ``BACKENDS`` ("auto" picks by artefact).
     ``adapters``: LoRA adapters by name (GGUF files for llama.cpp, mlx-lm adapter folders for MLX).
+    ``cache_type_k``/``cache_type_v``: the llama.cpp KV cache types (f16, q8_0, q4_0; llama-server's
+    ``--cache-type-k/-v``); a quantised V cache turns flash attention on.
     """
     kind = pick_backend(model, backend)
     if kind == "remote":
@@ -140,7 +144,11 @@ def load(
         wanted = {**preset.adapters, **wanted}
         default_adapters = ((preset.default_adapter, 1.0),)
         reasoning_format = reasoning_format or preset.reasoning_format
-    be = _load_backend(kind, model, n_ctx, threads, max_sequences, wanted)
+    if kind != "llama.cpp" and (cache_type_k, cache_type_v) != ("f16", "f16"):
+        raise InvalidRequestError(
+            f"KV cache types apply to the llama.cpp backend, not {kind}", param="cache_type_k"
+        )
+    be = _load_backend(kind, model, n_ctx, threads, max_sequences, wanted, (cache_type_k, cache_type_v))
     try:
         return Engine(
             be,
@@ -161,6 +169,7 @@ def _load_backend(
     threads: int | None,
     max_sequences: int | None,
     adapters: dict[str, str | Path],
+    cache_types: tuple[str, str] = ("f16", "f16"),
 ) -> Backend:
     from .models import resolve_model
 
@@ -197,5 +206,11 @@ def _load_backend(
             f"{path} is a folder; the llama.cpp backend loads .gguf files (try backend='auto')"
         )
     return LlamaCppBackend(
-        path, n_ctx=n_ctx, threads=threads, adapters=adapters, max_sequences=max_sequences or GGUF_SEQUENCES
+        path,
+        n_ctx=n_ctx,
+        threads=threads,
+        adapters=adapters,
+        max_sequences=max_sequences or GGUF_SEQUENCES,
+        cache_type_k=cache_types[0],
+        cache_type_v=cache_types[1],
     )

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..adapters import adapter_gguf
-from ..errors import ModelLoadError, UnknownAdapterError
+from ..errors import InvalidRequestError, ModelLoadError, UnknownAdapterError
 from ..gguf_meta import read_gguf_info
 from .base import (
     AdapterSet,
@@ -43,6 +43,12 @@ DEFAULT_N_BATCH = 512
 # several sequences (ggml-org/llama.cpp#24962; reproduced here with SmolLM2, logits off by up to 0.66).
 # Calls that mix sequences stay below that; a prompt is prefilled in calls of its own.
 MIXED_BATCH_TOKENS = 30
+# KV cache element types (llama-server's --cache-type-k/-v names) and their bytes per element.
+CACHE_TYPES = {
+    "f16": ("GGML_TYPE_F16", 2.0),
+    "q8_0": ("GGML_TYPE_Q8_0", 34 / 32),
+    "q4_0": ("GGML_TYPE_Q4_0", 18 / 32),
+}
 
 _backend_ready = False
 _log_callback: Any = None  # kept alive: llama.cpp holds the pointer
@@ -188,7 +194,14 @@ class LlamaCppBackend:
         n_batch: int = DEFAULT_N_BATCH,
         adapters: Mapping[str, str | Path] | None = None,
         flash_attn: bool = False,
+        cache_type_k: str = "f16",
+        cache_type_v: str = "f16",
     ) -> None:
+        for param, kind in (("cache_type_k", cache_type_k), ("cache_type_v", cache_type_v)):
+            if kind not in CACHE_TYPES:
+                raise InvalidRequestError(
+                    f"{param} must be one of {sorted(CACHE_TYPES)}, got {kind!r}", param=param
+                )
         gguf = read_gguf_info(path)  # clear errors for missing, non-GGUF and truncated files
         if gguf.is_adapter:
             raise ModelLoadError(
@@ -222,7 +235,10 @@ class LlamaCppBackend:
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True
-        cparams.flash_attn_type = 1 if flash_attn else 0
+        # llama.cpp stores a quantised V cache only with flash attention.
+        cparams.flash_attn_type = 1 if flash_attn or cache_type_v != "f16" else 0
+        cparams.type_k = getattr(lib, CACHE_TYPES[cache_type_k][0])
+        cparams.type_v = getattr(lib, CACHE_TYPES[cache_type_v][0])
         ctx = lib.llama_init_from_model(model, cparams)
         if not ctx:
             self._stack.close()
@@ -252,6 +268,8 @@ class LlamaCppBackend:
             rewind=not is_recurrent(lib, model),
             lora=True,
         )
+        self.cache_types = (cache_type_k, cache_type_v)
+        self.kv_bytes_per_slot = self._kv_bytes(gguf.architecture, self.capabilities.n_ctx)
         tpl = lib.llama_model_chat_template(model, None)
         think_ids = self.tokenize("<think>")
         self.info = ModelInfo(
@@ -270,6 +288,24 @@ class LlamaCppBackend:
             add_bos=bool(lib.llama_vocab_get_add_bos(self.vocab)),
             has_think_token=len(think_ids) == 1,
         )
+
+    def _kv_bytes(self, arch: str, n_ctx: int) -> int:
+        """KV cache bytes one sequence slot reserves (n_ctx cells, every attention layer, K and V)."""
+        lib = self._lib
+
+        def meta(key: str) -> int | None:
+            buf = ctypes.create_string_buffer(64)
+            n = lib.llama_model_meta_val_str(self.model, f"{arch}.{key}".encode(), buf, 64)
+            return int(buf.value) if n > 0 and buf.value.isdigit() else None
+
+        n_head = int(lib.llama_model_n_head(self.model)) or 1
+        n_head_kv = int(lib.llama_model_n_head_kv(self.model)) or n_head
+        head = int(lib.llama_model_n_embd(self.model)) // n_head
+        k_len, v_len = meta("attention.key_length") or head, meta("attention.value_length") or head
+        per_cell = n_head_kv * (
+            k_len * CACHE_TYPES[self.cache_types[0]][1] + v_len * CACHE_TYPES[self.cache_types[1]][1]
+        )
+        return int(per_cell * n_ctx * int(lib.llama_model_n_layer(self.model)))
 
     # -- text ----------------------------------------------------------------------------------
     def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> list[int]:
