@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ log = logging.getLogger(__name__)
 
 PEFT_CONFIG = "adapter_config.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Selects the base model by model name (server), so an adapter by this name could never be reached.
+RESERVED_ADAPTER_NAMES = frozenset({"default"})
 
 
 @dataclass(frozen=True)
@@ -25,10 +28,15 @@ class AdapterSpec:
     scale: float = 1.0  # the scale a request gets when it selects the adapter by model name
 
 
-def check_adapter_name(name: str, param: str = "adapter") -> str:
+def check_adapter_name(name: str, param: str = "adapter", reserved: Collection[str] = ()) -> str:
+    """``name`` if it can name an adapter; ``reserved`` adds names taken by the model (its name, aliases)."""
     if not _NAME.match(name):
         raise InvalidRequestError(
             f"invalid adapter name {name!r}: use letters, digits, '.', '_' or '-' (at most 128)", param=param
+        )
+    if name in RESERVED_ADAPTER_NAMES or name in reserved:
+        raise InvalidRequestError(
+            f"the adapter name {name!r} is reserved: it names the base model; pick another name", param=param
         )
     return name
 
@@ -51,41 +59,61 @@ def parse_adapter_spec(text: str) -> AdapterSpec:
     return AdapterSpec(check_adapter_name(name), Path(path).expanduser(), scale)
 
 
-def scan_adapter_dir(directory: Path) -> list[AdapterSpec]:
-    """Every LoRA adapter GGUF directly in ``directory``, named by file stem (other GGUFs are skipped)."""
+def scan_adapter_dir(directory: Path, max_bytes: int | None = None) -> list[AdapterSpec]:
+    """Every LoRA adapter GGUF directly in ``directory``, named by file stem (other GGUFs are skipped).
+
+    Files the runtime endpoint would refuse are skipped with a warning: symlinks resolving outside the
+    folder, files over ``max_bytes``, reserved names.
+    """
     directory = Path(directory).expanduser()
     if not directory.is_dir():
         raise ModelLoadError(f"adapter directory {directory} does not exist")
     found: list[AdapterSpec] = []
     for path in sorted(directory.glob("*.gguf")):
         try:
-            if read_gguf_info(path).is_adapter and _NAME.match(path.stem):
-                found.append(AdapterSpec(path.stem, path))
+            resolved = inside_dir(directory, path.name, max_bytes)
+            if not read_gguf_info(resolved).is_adapter or not _NAME.match(path.stem):
+                continue
+            check_adapter_name(path.stem)
+        except InvalidRequestError as exc:
+            log.warning("adapter directory: skipping %s: %s", path.name, exc)
+            continue
         except ModelLoadError:
             continue  # unreadable files are reported when someone asks for them by name
+        found.append(AdapterSpec(path.stem, resolved))
     return found
 
 
-def resolve_in_dir(directory: Path, requested: str) -> Path:
+def inside_dir(directory: Path, requested: str | Path, max_bytes: int | None = None) -> Path:
     """``requested`` (relative to ``directory``, or absolute) as a file that really lies inside ``directory``.
 
     Refuses ``..`` components and anything that resolves outside the folder (absolute paths elsewhere,
-    symlinks pointing out), so a request can never make the server open an arbitrary file.
+    symlinks pointing out), so a request can never make the server open an arbitrary file; and files over
+    ``max_bytes``. The one check for both the runtime endpoint and ``--adapter-dir``'s startup scan;
+    messages name the file, never the server's directories.
     """
-    if not requested or "\x00" in requested:
+    text = str(requested)
+    name = Path(text).name or text
+    if not text or "\x00" in text:
         raise InvalidRequestError("lora_path is empty", param="lora_path")
-    if ".." in Path(requested).parts:
+    if ".." in Path(text).parts:
         raise InvalidRequestError("lora_path may not contain '..'", param="lora_path")
     root = Path(directory).expanduser().resolve()
-    candidate = Path(requested) if Path(requested).is_absolute() else root / requested
+    candidate = Path(text) if Path(text).is_absolute() else root / text
     resolved = candidate.resolve()
     if not resolved.is_relative_to(root):
         raise InvalidRequestError(
-            f"lora_path must lie inside the adapter directory {root}", param="lora_path"
+            f"{name!r} resolves outside the adapter directory (a symlink or a path elsewhere)",
+            param="lora_path",
         )
     if not resolved.is_file():
+        raise InvalidRequestError(f"no adapter file {name!r} in the adapter directory", param="lora_path")
+    size = resolved.stat().st_size
+    if max_bytes is not None and size > max_bytes:
         raise InvalidRequestError(
-            f"no adapter file {requested!r} in the adapter directory", param="lora_path"
+            f"adapter file {name!r} has {size / 2**20:.1f} MB, over the {max_bytes / 2**20:g} MB limit "
+            "(--max-adapter-mb)",
+            param="lora_path",
         )
     return resolved
 

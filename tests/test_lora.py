@@ -348,6 +348,6 @@ def test_runtime_adapter_endpoints_need_adapter_dir(engine: er.Engine) -> None:
 
     from edgereason.server.app import create_app
 
-    client = TestClient(create_app(engine))
+    client = TestClient(create_app(engine), base_url="http://localhost")  # the Host a loopback server accepts
     r = client.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "/etc/passwd"})
     assert r.status_code == 404 and "--adapter-dir" in r.json()["error"]["message"]

@@ -156,7 +156,7 @@ def test_lorid_through_the_server() -> None:
     backend = LoridBackend({"ir": ["5", "7"], "kg": ["k"], "dr": ["8", "7"]})
     body = {"messages": [{"role": "user", "content": "What is 3 + 4?"}], "seed": 0, "lorid": {}}
     with er.Engine(backend) as engine:  # type: ignore[arg-type]
-        client = TestClient(create_app(engine))
+        client = TestClient(create_app(engine), base_url="http://localhost")  # a Host loopback accepts
         r = client.post("/v1/chat/completions", json=body)
         assert r.status_code == 200, r.text
         data = r.json()

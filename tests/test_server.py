@@ -264,8 +264,8 @@ def test_errors(server: Server) -> None:
         r = httpx.post(url, content=body, headers={"content-type": "application/json"})
         assert r.status_code == 400, (body, r.text)
         assert r.json()["error"]["type"] == "invalid_request_error"
-    r = httpx.post(url, content=b"{oops")  # no content-type, as curl -d sends
-    assert r.status_code == 400
+    r = httpx.post(url, content=b"{oops")  # no content-type: refused (a web page can send that cross-site)
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
 
 
 def test_concurrent_greedy_equals_single(server: Server) -> None:

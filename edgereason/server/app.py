@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import threading
@@ -14,24 +13,27 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Match
+from starlette.types import Scope
 
 from .. import __version__
-from ..adapters import check_adapter_name, parse_adapter_spec, resolve_in_dir
+from ..adapters import check_adapter_name, inside_dir, parse_adapter_spec
 from ..errors import EdgeReasonError, InvalidRequestError, ModelLoadError
 from ..options import GenerationOptions
 from ..result import ChatResult, Chunk
 from . import schemas
 from .errors import (
     AdapterManagementDisabledError,
-    AuthenticationError,
+    EngineStoppedError,
     ModelNotFoundError,
     NotReadyError,
     error_body,
     install_error_handlers,
+    strip_paths,
 )
-from .metrics import Metrics
+from .guard import Gate, allowed_hosts, is_loopback
+from .metrics import CONTENT_TYPE, Metrics, RequestTimer
 from .settings import ServerSettings
 
 if TYPE_CHECKING:
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 
 DISCONNECT_POLL_S = 0.25
 DEFAULT_MODEL_ALIASES = ("default",)
+WATCHDOG_INTERVAL_S = 1.0
+EXIT_ENGINE_STOPPED = 3  # serve()'s exit status when the engine died: a supervisor restarts the process
 
 
 def create_app(engine: Engine | None, settings: ServerSettings | None = None) -> FastAPI:
@@ -51,23 +55,34 @@ def create_app(engine: Engine | None, settings: ServerSettings | None = None) ->
     app.state.settings = settings
     app.state.engine = engine
     app.state.load_error = None
-    app.state.metrics = Metrics()
+    metrics = app.state.metrics = Metrics(lambda: app.state.engine)
     install_error_handlers(app)
-    app.add_middleware(_Gate, api_key=settings.api_key, metrics=app.state.metrics)
+
+    def count(scope: Scope, status: int) -> None:
+        metrics.count_request(_route_label(app, scope), status)
+
+    app.add_middleware(
+        Gate,
+        api_key=settings.api_key,
+        hosts=allowed_hosts(settings.host, settings.allowed_host),
+        cors_origins=frozenset(settings.cors_origin),
+        max_body_bytes=settings.max_body_bytes,
+        count=count,
+    )
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        if app.state.engine is not None:
-            return JSONResponse({"status": "ok"})
-        failed = app.state.load_error
-        message = f"the model failed to load: {failed}" if failed else "loading model"
-        body = {"error": {"message": message, "type": "unavailable_error", "param": None, "code": 503}}
-        return JSONResponse(body, status_code=503)
+        """200 only while the engine serves: 503 while loading, after a failed load, once it stopped."""
+        try:
+            _engine(app)
+        except EdgeReasonError as exc:
+            status, body = error_body(exc)
+            return JSONResponse(body, status_code=status)
+        return JSONResponse({"status": "ok"})
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics() -> PlainTextResponse:
-        text = app.state.metrics.render(app.state.engine)
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+    @app.get("/metrics")
+    async def metrics_text() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -92,29 +107,29 @@ def create_app(engine: Engine | None, settings: ServerSettings | None = None) ->
     async def chat_completions(req: schemas.ChatCompletionRequest, request: Request) -> Response:
         eng = _engine(app)
         model, fields = _check_model(eng, settings, req.model, req.option_fields())
-        opts = GenerationOptions.build(None, fields)
+        opts = _options(eng, fields)
+        timer = metrics.timer(model)
         messages = req.message_dicts()
         stream = await anyio.to_thread.run_sync(lambda: eng.stream(messages, opts))
         id_, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse_response(
-                _sse_chat(stream, opts.n, id_, created, model, include_usage, app.state.metrics)
-            )
-        return await _json_response(app, request, stream, schemas.chat_completion, id_, created, model)
+            return _sse_response(_sse_chat(stream, opts.n, id_, created, model, include_usage, timer))
+        return await _json_response(request, stream, schemas.chat_completion, id_, created, model, timer)
 
     @app.post("/v1/completions")
     async def completions(req: schemas.CompletionRequest, request: Request) -> Response:
         eng = _engine(app)
         model, fields = _check_model(eng, settings, req.model, req.option_fields())
-        opts = GenerationOptions.build(None, fields)
+        opts = _options(eng, fields)
+        timer = metrics.timer(model)
         prompt = req.prompt_text()
         stream = await anyio.to_thread.run_sync(lambda: eng.stream_completion(prompt, opts))
         id_, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse_response(_sse_text(stream, id_, created, model, include_usage, app.state.metrics))
-        return await _json_response(app, request, stream, schemas.text_completion, id_, created, model)
+            return _sse_response(_sse_text(stream, id_, created, model, include_usage, timer))
+        return await _json_response(request, stream, schemas.text_completion, id_, created, model, timer)
 
     @app.post("/v1/load_lora_adapter")
     async def load_lora_adapter(req: schemas.LoadLoraAdapterRequest) -> JSONResponse:
@@ -123,14 +138,24 @@ def create_app(engine: Engine | None, settings: ServerSettings | None = None) ->
             raise AdapterManagementDisabledError(
                 "loading adapters at runtime is disabled; start the server with --adapter-dir DIR"
             )
-        name = check_adapter_name(req.lora_name, param="lora_name")
-        path = resolve_in_dir(settings.adapter_dir, req.lora_path)
+        name = check_adapter_name(req.lora_name, param="lora_name", reserved=_served_names(eng, settings))
+        if name in eng.adapter_names:
+            raise InvalidRequestError(
+                f"adapter {name!r} is already loaded; unload it first to replace it", param="lora_name"
+            )
+        if len(eng.adapter_names) >= settings.max_adapters:
+            raise InvalidRequestError(
+                f"{len(eng.adapter_names)} adapters are loaded, the most this server holds "
+                f"(--max-adapters {settings.max_adapters}); unload one first",
+                param="lora_name",
+            )
+        path = inside_dir(settings.adapter_dir, req.lora_path, settings.max_adapter_bytes)
         try:
             await anyio.to_thread.run_sync(lambda: eng.load_adapter(name, path))
         except ModelLoadError as exc:  # a bad file is the request's fault; the server goes on serving
             raise InvalidRequestError(str(exc), param="lora_path") from None
         log.info("loaded LoRA adapter %s from %s", name, path)
-        return JSONResponse({"status": "ok", "lora_name": name, "lora_path": str(path)})
+        return JSONResponse({"status": "ok", "lora_name": name, "lora_path": req.lora_path})
 
     @app.post("/v1/unload_lora_adapter")
     async def unload_lora_adapter(req: schemas.UnloadLoraAdapterRequest) -> JSONResponse:
@@ -156,7 +181,52 @@ def _engine(app: FastAPI) -> Engine:
         raise NotReadyError(
             f"the model failed to load: {failed}" if failed else "the model is still loading; retry shortly"
         )
+    stopped = _stopped_reason(eng)
+    if stopped is not None:
+        raise EngineStoppedError(f"engine stopped: {stopped}")
     return eng
+
+
+def _stopped_reason(eng: Engine | None) -> str | None:
+    # TODO(issue 19): eng.stopped_reason once the engine's watchdog lands everywhere.
+    reason = getattr(eng, "stopped_reason", None)
+    return reason if isinstance(reason, str) else None
+
+
+def _route_label(app: FastAPI, scope: Scope) -> str:
+    """The route template a request matched ("other" for none): a bounded, unforgeable label."""
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            return str(getattr(route, "path", "other"))
+    return "other"
+
+
+def _served_names(eng: Engine, settings: ServerSettings) -> set[str]:
+    """Names that select the base model (so no adapter may take them)."""
+    names = {eng.name, eng.info.name, *DEFAULT_MODEL_ALIASES}
+    if settings.alias:
+        names.add(settings.alias)
+    return names
+
+
+def _options(eng: Engine, fields: dict[str, Any]) -> GenerationOptions:
+    """Validated options, with the checks that need the loaded model (context size, vocabulary)."""
+    opts = GenerationOptions.build(None, fields)
+    n_ctx = eng.backend.capabilities.n_ctx
+    if opts.repeat_last_n > n_ctx:
+        raise InvalidRequestError(
+            f"repeat_last_n: {opts.repeat_last_n} is larger than the context ({n_ctx} tokens)",
+            param="repeat_last_n",
+        )
+    n_vocab = eng.info.n_vocab
+    for token, _ in opts.logit_bias:
+        if token >= n_vocab:
+            raise InvalidRequestError(
+                f"logit_bias: token id {token} is outside the vocabulary (0-{n_vocab - 1})",
+                param="logit_bias",
+            )
+    return opts
 
 
 def _check_model(
@@ -166,10 +236,7 @@ def _check_model(
 
     A loaded adapter's name selects that adapter over the base model (vLLM-style).
     """
-    served = {eng.name, eng.info.name, *DEFAULT_MODEL_ALIASES}
-    if settings.alias:
-        served.add(settings.alias)
-    if requested is None or requested in served:
+    if requested is None or requested in _served_names(eng, settings):
         return eng.name, fields
     if requested in eng.adapter_names:
         if "adapter" in fields or "adapters" in fields:
@@ -219,12 +286,12 @@ async def _aiter_chunks(stream: ChatStream) -> AsyncIterator[Chunk]:
         yield item
 
 
-async def _collect(stream: ChatStream, request: Request) -> ChatResult | None:
+async def _collect(stream: ChatStream, request: Request, timer: RequestTimer) -> ChatResult | None:
     """The whole result; None (and the request cancelled) if the client goes away first."""
 
     async def drain() -> ChatResult:
         async for _ in _aiter_chunks(stream):
-            pass
+            timer.chunk()
         assert stream.result is not None
         return stream.result
 
@@ -247,19 +314,19 @@ def _sse_response(events: AsyncIterator[str]) -> StreamingResponse:
 
 
 async def _json_response(
-    app: FastAPI,
     request: Request,
     stream: ChatStream,
     render: Callable[..., dict[str, Any]],
     id_: str,
     created: int,
     model: str,
+    timer: RequestTimer,
 ) -> Response:
     """Wait for the whole result (499 if the client left first) and render it as JSON."""
-    result = await _collect(stream, request)
+    result = await _collect(stream, request, timer)
     if result is None:
         return Response(status_code=499)
-    app.state.metrics.count_usage(result.usage)
+    timer.finish(result.usage)
     return JSONResponse(render(result, id_=id_, created=created, model=model))
 
 
@@ -269,7 +336,7 @@ def _sse(body: dict[str, Any]) -> str:
 
 async def _stream_events(
     stream: ChatStream,
-    metrics: Metrics,
+    timer: RequestTimer,
     head: Callable[[], list[str]],
     piece: Callable[[Chunk], str],
     tail: Callable[[ChatResult], list[str]],
@@ -280,13 +347,14 @@ async def _stream_events(
             yield line
         try:
             async for chunk in _aiter_chunks(stream):
+                timer.chunk()
                 yield piece(chunk)
         except Exception as exc:  # failed mid-stream: the status line is already sent
             yield _sse(error_body(exc)[1])
             yield "data: [DONE]\n\n"
             return
         assert stream.result is not None
-        metrics.count_usage(stream.result.usage)
+        timer.finish(stream.result.usage)
         for line in tail(stream.result):
             yield line
         yield "data: [DONE]\n\n"
@@ -316,7 +384,7 @@ def _chunk_maker(object_: str, id_: str, created: int, model: str, include_usage
 
 
 def _sse_chat(
-    stream: ChatStream, n: int, id_: str, created: int, model: str, include_usage: bool, metrics: Metrics
+    stream: ChatStream, n: int, id_: str, created: int, model: str, include_usage: bool, timer: RequestTimer
 ) -> AsyncIterator[str]:
     chunk = _chunk_maker("chat.completion.chunk", id_, created, model, include_usage)
 
@@ -349,11 +417,11 @@ def _sse_chat(
             lines.append(chunk([], usage=result.usage.to_dict()))
         return lines
 
-    return _stream_events(stream, metrics, head, piece, tail)
+    return _stream_events(stream, timer, head, piece, tail)
 
 
 def _sse_text(
-    stream: ChatStream, id_: str, created: int, model: str, include_usage: bool, metrics: Metrics
+    stream: ChatStream, id_: str, created: int, model: str, include_usage: bool, timer: RequestTimer
 ) -> AsyncIterator[str]:
     chunk = _chunk_maker("text_completion", id_, created, model, include_usage)
 
@@ -390,58 +458,7 @@ def _sse_text(
             lines.append(chunk([], usage=result.usage.to_dict()))
         return lines
 
-    return _stream_events(stream, metrics, list, piece, tail)
-
-
-# -- auth and request counting -------------------------------------------------------------------------
-class _Gate:
-    """ASGI middleware: the API key check on /v1 (before the body is read) and per-status request counts."""
-
-    def __init__(self, app: ASGIApp, api_key: str | None, metrics: Metrics) -> None:
-        self.app = app
-        self.key = api_key.encode() if api_key else None
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path: str = scope["path"]
-        status = 500
-
-        async def counting_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            if self.key is not None and path.startswith("/v1") and not self._authorized(scope):
-                code, body = error_body(
-                    AuthenticationError("invalid or missing API key; send 'Authorization: Bearer <key>'")
-                )
-                await JSONResponse(body, status_code=code, headers={"WWW-Authenticate": "Bearer"})(
-                    scope, receive, counting_send
-                )
-                return
-            if scope["method"] == "POST":
-                scope = _as_json(scope)
-            await self.app(scope, receive, counting_send)
-        finally:
-            if path.startswith("/v1"):
-                self.metrics.count_request(path, status)
-
-    def _authorized(self, scope: Scope) -> bool:
-        assert self.key is not None
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, token = header.partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)
-
-
-def _as_json(scope: Scope) -> Scope:
-    """Bodies are JSON whatever the content-type says (curl -d sends form-encoded), as in llama-server."""
-    headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-    return {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+    return _stream_events(stream, timer, list, piece, tail)
 
 
 # -- running it ------------------------------------------------------------------------------------------
@@ -473,15 +490,51 @@ def load_engine(settings: ServerSettings) -> Engine:
         reasoning_format=settings.reasoning_format,
     )
     engine.max_queue = settings.max_queue
+    engine.wedge_timeout_s = settings.wedge_timeout_s
     if settings.alias:
         engine.name = settings.alias
+    taken = sorted(set(engine.adapter_names) & _served_names(engine, settings))
+    if taken:
+        engine.close()
+        raise EdgeReasonError(
+            f"the adapter name {taken[0]!r} is the model's own name (or an alias); rename the adapter"
+        )
     return engine
 
 
+def warn_if_exposed(settings: ServerSettings) -> None:
+    """A loud warning for a server other machines can reach with no API key."""
+    if not is_loopback(settings.host) and settings.api_key is None:
+        log.warning(
+            "!!! binding %s without an API key: anyone who can reach this address can run generations "
+            "and load or unload adapters. Set --api-key KEY (or EDGEREASON_API_KEY), or bind 127.0.0.1 !!!",
+            settings.host,
+        )
+
+
+def watch_engine(
+    app: FastAPI,
+    on_stopped: Callable[[str], None],
+    done: threading.Event,
+    interval: float = WATCHDOG_INTERVAL_S,
+) -> None:
+    """Call ``on_stopped(reason)`` once the app's engine reports that it stopped (died or wedged)."""
+    while not done.wait(interval):
+        reason = _stopped_reason(app.state.engine)
+        if reason is not None:
+            on_stopped(reason)
+            return
+
+
 def serve(settings: ServerSettings) -> int:
-    """Start the HTTP server at once (/health says 503) and load the model behind it."""
+    """Start the HTTP server at once (/health says 503) and load the model behind it.
+
+    Returns 0 after a normal shutdown, ``EXIT_ENGINE_STOPPED`` (3) when the engine stopped (its thread
+    died or wedged): /health turns 503 at once and the process exits, so a supervisor restarts it.
+    """
     import uvicorn
 
+    warn_if_exposed(settings)
     app = create_app(None, settings)
     config = uvicorn.Config(
         app,
@@ -506,14 +559,32 @@ def serve(settings: ServerSettings) -> int:
             app.state.load_error = exc
             server.should_exit = True
 
+    stopped: list[str] = []
+
+    def on_stopped(reason: str) -> None:
+        log.critical(
+            "engine stopped: %s; shutting down with exit status %d so a supervisor can restart the server",
+            strip_paths(reason),
+            EXIT_ENGINE_STOPPED,
+        )
+        stopped.append(reason)
+        server.should_exit = True
+
+    done = threading.Event()
     loader = threading.Thread(target=load, name="edgereason-load", daemon=True)
+    watchdog = threading.Thread(
+        target=watch_engine, args=(app, on_stopped, done), name="edgereason-watchdog", daemon=True
+    )
     loader.start()
+    watchdog.start()
     try:
         server.run()
     finally:
+        done.set()
         loader.join()
-        if app.state.engine is not None:
+        # A wedged engine thread may still be inside the backend: leave it to process exit.
+        if app.state.engine is not None and not stopped:
             app.state.engine.close()
     if isinstance(app.state.load_error, BaseException):
         raise app.state.load_error
-    return 0
+    return EXIT_ENGINE_STOPPED if stopped else 0

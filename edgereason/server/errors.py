@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,14 @@ from ..errors import (
     ModelLoadError,
     UnknownAdapterError,
 )
+
+try:
+    from ..errors import EngineStoppedError
+except ImportError:  # TODO(issue 19): drop once the engine's EngineStoppedError lands
+
+    class EngineStoppedError(EdgeReasonError):  # type: ignore[no-redef]
+        """The engine thread died or is wedged."""
+
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,22 @@ class NotReadyError(EdgeReasonError):
     """The model is still loading (or failed to load)."""
 
 
+class ForbiddenError(EdgeReasonError):
+    """A foreign web Origin or an unknown Host header (cross-site requests, DNS rebinding)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PayloadTooLargeError(EdgeReasonError):
+    """The request body is over --max-body-mb."""
+
+
+class UnsupportedMediaTypeError(EdgeReasonError):
+    """A POST body that is not declared as JSON."""
+
+
 @dataclass(frozen=True)
 class ErrorKind:
     status: int
@@ -60,8 +85,12 @@ ERROR_TABLE: tuple[tuple[type[BaseException], ErrorKind], ...] = (
     (ModelNotFoundError, ErrorKind(404, "invalid_request_error", "model_not_found")),
     (UnknownAdapterError, ErrorKind(404, "invalid_request_error", "model_not_found")),
     (AdapterManagementDisabledError, ErrorKind(404, "not_found_error", "lora_runtime_disabled")),
+    (ForbiddenError, ErrorKind(403, "permission_error", None)),
+    (PayloadTooLargeError, ErrorKind(413, "invalid_request_error", "request_too_large")),
+    (UnsupportedMediaTypeError, ErrorKind(415, "invalid_request_error", "unsupported_media_type")),
     (CapacityError, ErrorKind(429, "rate_limit_error", "rate_limit_exceeded")),
     (NotReadyError, ErrorKind(503, "unavailable_error", "model_loading")),
+    (EngineStoppedError, ErrorKind(503, "unavailable_error", "engine_stopped")),
     (ModelLoadError, ErrorKind(503, "unavailable_error", "model_load_failed")),
 )
 SERVER_ERROR = ErrorKind(500, "server_error", None)
@@ -74,15 +103,24 @@ def error_kind(exc: BaseException) -> ErrorKind:
     return SERVER_ERROR
 
 
+# An absolute POSIX path of two or more parts (not a URL's path, not "a/b" inside a word, not a route).
+_ABS_PATH = re.compile(r"(?<![\w:/.~-])/(?!v1/)(?:[^\s'\"/]+/)+([^\s'\"/]*)")
+
+
+def strip_paths(message: str) -> str:
+    """``message`` with absolute server paths cut to their last part: clients never learn the layout."""
+    return _ABS_PATH.sub(lambda m: m.group(1) or "<dir>", message)
+
+
 def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
     """The status and ``{"error": {...}}`` body for ``exc``."""
     kind = error_kind(exc)
-    message = str(exc) if isinstance(exc, EdgeReasonError) else "internal server error"
+    message = strip_paths(str(exc)) if isinstance(exc, EdgeReasonError) else "internal server error"
     err: dict[str, Any] = {
         "message": message,
         "type": kind.type,
         "param": getattr(exc, "param", None),
-        "code": kind.code,
+        "code": exc.code if isinstance(exc, ForbiddenError) else kind.code,
     }
     if isinstance(exc, ContextOverflowError):
         err["n_prompt_tokens"], err["n_ctx"] = exc.n_prompt_tokens, exc.n_ctx

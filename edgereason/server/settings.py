@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +42,21 @@ class ServerSettings(BaseSettings):
     host: str = Field(default=DEFAULT_HOST, description="address to bind (loopback by default)")
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535, description="port to bind")
     api_key: str | None = Field(
-        default=None, description="require 'Authorization: Bearer KEY' on /v1 endpoints"
+        default=None,
+        description="require 'Authorization: Bearer KEY' on /v1 endpoints (an empty key is an error)",
+    )
+    cors_origin: list[str] = Field(
+        default_factory=list,
+        description="web origin (scheme://host[:port], or *) allowed to call the server from a browser "
+        "(repeatable); other origins get 403",
+    )
+    allowed_host: list[str] = Field(
+        default_factory=list,
+        description="Host header name to answer to besides the bound one (repeatable); loopback binds answer "
+        "only to localhost/127.0.0.1/[::1], other binds to any name unless this is given",
+    )
+    max_body_mb: float = Field(
+        default=8.0, gt=0, le=4096, description="largest request body in MB; larger bodies get 413"
     )
     n_ctx: int | None = Field(default=None, ge=16, description="context tokens per sequence")
     max_sequences: int | None = Field(
@@ -62,9 +77,46 @@ class ServerSettings(BaseSettings):
         default=None,
         description="load every LoRA *.gguf in DIR (named by stem); enables /v1/load_lora_adapter from DIR",
     )
+    max_adapters: int = Field(
+        default=16, ge=0, description="most LoRA adapters loaded at once; runtime loads beyond it get 400"
+    )
+    max_adapter_mb: float = Field(
+        default=1024.0, gt=0, description="largest LoRA adapter file in MB (runtime loads and --adapter-dir)"
+    )
+    wedge_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds with work queued and no decode progress before the engine counts as wedged: "
+        "/health answers 503 and the server exits with status 3 for a supervisor to restart it",
+    )
     retry_after: int = Field(
         default=1, ge=0, description="seconds suggested in Retry-After when the queue is full"
     )
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_empty(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("an empty API key would turn authentication off; give a key or leave it unset")
+        return v
+
+    @field_validator("cors_origin", "allowed_host", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        if isinstance(v, str):  # an env var or config value may hold one name or a comma-separated list
+            return [x for x in (p.strip() for p in v.split(",")) if x]
+        return v
+
+    @field_validator("cors_origin")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        out = []
+        for origin in v:
+            origin = origin.strip().rstrip("/").lower()
+            if origin != "*" and not re.match(r"^[a-z][a-z0-9+.-]*://[^/\s]+$", origin):
+                raise ValueError(f"{origin!r} is not an origin: use scheme://host[:port] (or *)")
+            out.append(origin)
+        return out
 
     @field_validator("adapter", mode="before")
     @classmethod
@@ -79,9 +131,18 @@ class ServerSettings(BaseSettings):
                     raise ValueError(str(exc)) from None
         return v
 
+    @property
+    def max_adapter_bytes(self) -> int:
+        return int(self.max_adapter_mb * 2**20)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 2**20)
+
     def adapter_specs(self) -> list[AdapterSpec]:
         """--adapter-dir's adapters, then --adapter ones (which win on a shared name)."""
-        specs = {s.name: s for s in scan_adapter_dir(self.adapter_dir)} if self.adapter_dir else {}
+        found = scan_adapter_dir(self.adapter_dir, self.max_adapter_bytes) if self.adapter_dir else []
+        specs = {s.name: s for s in found}
         for name, rest in self.adapter.items():
             specs[name] = parse_adapter_spec(f"{name}={rest}")
         return list(specs.values())
@@ -155,14 +216,17 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
                 flag, action="append", default=None, metavar="NAME=PATH[:SCALE]", help=info.description
             )
             continue
+        if name in ("cors_origin", "allowed_host"):
+            parser.add_argument(flag, action="append", default=None, help=info.description)
+            continue
         kind = _scalar_type(info.annotation)
         parser.add_argument(flag, type=kind, default=None, help=info.description)
 
 
 def _scalar_type(annotation: Any) -> Any:
-    for kind in (int, Path):
+    for kind in (int, float, Path):
         if annotation is kind or kind in getattr(annotation, "__args__", ()):
-            return kind if kind is int else str
+            return str if kind is Path else kind
     return str
 
 
