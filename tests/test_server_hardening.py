@@ -273,6 +273,16 @@ def test_empty_api_key_and_bad_origin_are_setting_errors() -> None:
     assert out.returncode == 2 and "cors_origin" in out.stderr, out.stderr
 
 
+def test_list_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgereason.server.settings import ServerSettings
+
+    monkeypatch.setenv("EDGEREASON_CORS_ORIGIN", "http://a.example, HTTP://B.example/")
+    monkeypatch.setenv("EDGEREASON_ALLOWED_HOST", '["box.lan", "proxy.lan"]')
+    settings = ServerSettings()
+    assert settings.cors_origin == ["http://a.example", "http://b.example"]
+    assert settings.allowed_host == ["box.lan", "proxy.lan"]
+
+
 def test_allowed_hosts_by_bind_address() -> None:
     assert host_name("[::1]:8000") == "::1" and host_name("LocalHost.:80") == "localhost"
     assert host_name("example.com") == "example.com"

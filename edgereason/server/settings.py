@@ -10,11 +10,11 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ..adapters import AdapterSpec, parse_adapter_spec, scan_adapter_dir
 from ..errors import EdgeReasonError, InvalidRequestError
@@ -45,12 +45,12 @@ class ServerSettings(BaseSettings):
         default=None,
         description="require 'Authorization: Bearer KEY' on /v1 endpoints (an empty key is an error)",
     )
-    cors_origin: list[str] = Field(
+    cors_origin: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="web origin (scheme://host[:port], or *) allowed to call the server from a browser "
         "(repeatable); other origins get 403",
     )
-    allowed_host: list[str] = Field(
+    allowed_host: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Host header name to answer to besides the bound one (repeatable); loopback binds answer "
         "only to localhost/127.0.0.1/[::1], other binds to any name unless this is given",
@@ -103,7 +103,9 @@ class ServerSettings(BaseSettings):
     @field_validator("cors_origin", "allowed_host", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
-        if isinstance(v, str):  # an env var or config value may hold one name or a comma-separated list
+        if isinstance(v, str):  # an env var holds a JSON list, one name, or a comma-separated list
+            if v.lstrip().startswith("["):
+                return json.loads(v)
             return [x for x in (p.strip() for p in v.split(",")) if x]
         return v
 
