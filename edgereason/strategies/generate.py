@@ -42,6 +42,7 @@ def sampling_for(
         presence_penalty=opts.presence_penalty,
         frequency_penalty=opts.frequency_penalty,
         seed=(seed + seed_offset) & 0xFFFFFFFF,
+        logit_bias=opts.logit_bias,
     )
 
 
