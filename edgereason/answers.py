@@ -3,7 +3,7 @@
 The rules follow the usual GSM8K/MATH graders (lm-eval-harness flexible extract, Hendrycks
 ``strip_string``, Qwen2.5-Math ``math_equal``) but stay stdlib-only. Every scan is a single
 regex pass or a bounded window, so a 200k-character output costs milliseconds, not minutes.
-``math-verify`` is used for symbolic equivalence only when it happens to be importable.
+``math-verify`` (the ``eval`` extra) is used for symbolic equivalence when it is importable.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import math
 import re
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -425,6 +426,15 @@ def _scales(e: Extracted) -> tuple[float, ...]:
     return (e.value, e.value / 100) if e.normalized.endswith("%") else (e.value,)
 
 
+# math-verify bounds each parse and comparison with signal.alarm, which works only on a main thread:
+# elsewhere it raises at once (so every symbolic match came out False). Off the main thread the check
+# runs on a helper process's main thread instead, and a process stuck in C code (huge powers) is killed.
+_SYMBOLIC_TIMEOUT_S = 3
+_SYMBOLIC_MAX_CHARS = 1000
+# Two parses and one comparison, each bounded inside the helper, plus slack for a busy machine.
+_SYMBOLIC_WAIT_S = 3 * _SYMBOLIC_TIMEOUT_S + 5
+
+
 @functools.cache
 def _math_verify() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
     try:
@@ -434,15 +444,88 @@ def _math_verify() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
     return parse, verify
 
 
-def _symbolic_equal(a: str, b: str) -> bool:
+def _verify_here(a: str, b: str) -> bool:
+    """math-verify's equivalence check; call it only on a main thread (its timeouts use signals)."""
     mv = _math_verify()
-    if mv is None or max(len(a), len(b)) > 1000:
+    if mv is None:
         return False
     parse, verify = mv
+    t = _SYMBOLIC_TIMEOUT_S
     try:
-        return bool(verify(parse(f"${a}$"), parse(f"${b}$")))
-    except Exception:  # math-verify raises on unparsable input and on timeouts outside the main thread
+        return bool(
+            verify(parse(f"${a}$", parsing_timeout=t), parse(f"${b}$", parsing_timeout=t), timeout_seconds=t)
+        )
+    except Exception:  # math-verify raises on unparsable input
         return False
+
+
+def _serve_symbolic(conn: Any) -> None:
+    """The helper process: answer (a, b) pairs from its main thread until the pipe closes."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which closes the pipe
+    conn.send(_math_verify() is not None)
+    while True:
+        try:
+            a, b = conn.recv()
+        except (EOFError, OSError):
+            return
+        conn.send(_verify_here(a, b))
+
+
+class _SymbolicWorker:
+    """One helper process for symbolic checks from any thread; calls take turns."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: Any = None
+        self._conn: Any = None
+
+    def equal(self, a: str, b: str) -> bool:
+        with self._lock:
+            try:
+                if (self._proc is None or not self._proc.is_alive()) and not self._start():
+                    return False
+                self._conn.send((a, b))
+                if self._conn.poll(_SYMBOLIC_WAIT_S):
+                    return bool(self._conn.recv())
+            except (EOFError, OSError):
+                pass
+            self._stop()
+            return False
+
+    def _start(self) -> bool:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # fork is unsafe in a process with threads
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=_serve_symbolic, args=(child,), name="edgereason-math-verify", daemon=True
+        )
+        self._proc.start()
+        child.close()
+        if self._conn.poll(120) and self._conn.recv():  # importing sympy takes seconds
+            return True
+        self._stop()
+        return False
+
+    def _stop(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.join()
+            self._conn.close()
+        self._proc = self._conn = None
+
+
+_symbolic_worker = functools.cache(_SymbolicWorker)
+
+
+def _symbolic_equal(a: str, b: str) -> bool:
+    if max(len(a), len(b)) > _SYMBOLIC_MAX_CHARS or _math_verify() is None:
+        return False
+    if threading.current_thread() is threading.main_thread():
+        return _verify_here(a, b)
+    return _symbolic_worker().equal(a, b)
 
 
 def _as_extracted(x: Extracted | str) -> Extracted | None:
@@ -453,7 +536,7 @@ def answers_equal(a: Extracted | str, b: Extracted | str, rel_tol: float = 1e-4)
     """Whether two answers agree: numerically within ``rel_tol``, textually, or symbolically.
 
     Strings are treated as bare answers (not whole outputs). A percentage on either side also
-    matches its value divided by 100. Symbolic equivalence needs ``pip install math-verify``.
+    matches its value divided by 100. Symbolic equivalence needs ``pip install 'edgereason[eval]'`` (math-verify).
     """
     ea, eb = _as_extracted(a), _as_extracted(b)
     if ea is None or eb is None:
