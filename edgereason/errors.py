@@ -48,6 +48,10 @@ class CapacityError(EdgeReasonError):
     """The engine's queue is full; retry later."""
 
 
+class EngineStoppedError(EdgeReasonError):
+    """The engine thread died or is wedged: it takes no more work (restart the process or reload)."""
+
+
 class MissingExtraError(EdgeReasonError):
     """An optional dependency is not installed."""
 

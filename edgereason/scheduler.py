@@ -2,6 +2,14 @@
 
 Strategies (controllers) own sequences and act on their tokens through the scheduler's methods:
 spawn, fork, inject, rewind, pause/resume, finish. Everything here runs on the engine thread.
+
+Faults belong to one job: every sequence has an ``owner`` (the job it serves), every controller callback
+runs under a guard, and an exception in a callback, in sampling, or in a decode call that a sequence
+makes alone fails that sequence's job and frees all its sequences (``release``); the other jobs go on.
+A decode call that mixes sequences and fails is retried one sequence per call, after dropping whatever
+the failed call may have written, so only the sequence at fault fails (exact: every retried sequence
+decodes the same tokens at the same positions). Backends that cannot drop a suffix (recurrent state)
+cannot retry exactly: there every job with a sequence in the failed call fails.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .backends.base import (
     AdapterSet,
@@ -23,7 +31,10 @@ from .backends.base import (
     SamplingParams,
     TopLogprobs,
 )
-from .errors import CapacityError
+from .errors import CapacityError, EdgeReasonError
+
+if TYPE_CHECKING:
+    from .job import Job
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +72,7 @@ class Seq:
     slot: int
     controller: Controller
     sampler: Sampler | None
+    owner: Job | None = None  # the job this sequence serves (None: driven directly, as in unit tests)
     adapters: AdapterSet = ()
     top_logprobs: int = -1  # -1: no log-probabilities; k >= 0: chosen token plus top k
     n_past: int = 0  # positions held in the backend
@@ -69,6 +81,10 @@ class Seq:
     status: Status = Status.ACTIVE
     tag: object = None  # free for the controller
     held: list[int] | None = None  # tokens the backend holds, kept only when it cannot fork
+    # Called once when the pending tokens (a prompt) are decoded, before this sequence samples: it may
+    # fork the sequence, and the forks it returns sample from the same logits right after it, so each
+    # equals a lone run of the prompt (decoding a prompt's last token in a call of its own changes them).
+    on_logits: Callable[[Seq], list[Seq]] | None = None
     _utf8: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace")
     )
@@ -85,11 +101,15 @@ class Scheduler:
         self.backend = backend
         self.caps = backend.capabilities
         self._free = list(range(self.caps.max_sequences - 1, -1, -1))
+        self._broken: set[int] = set()  # slots whose memory could not be cleared: never handed out again
         self.seqs: list[Seq] = []
+        self._owned: dict[Job, int] = {}  # live sequences per owning job
+        self.acting: Job | None = None  # the job whose code runs now (owner of what it spawns)
         self.steps = 0
         self.decoded_tokens = 0
         self.adapter_switches = 0
         self.adapter_turn_s = ADAPTER_TURN_S
+        self.last_progress = time.monotonic()  # when a decode call last returned (the engine's watchdog)
         self._adapters: AdapterSet | None = None  # the set last given to the backend (None: unknown)
         self._turn_start = 0.0  # when ``_adapters`` got the context (perf_counter)
         self._served: dict[AdapterSet, int] = {}  # adapter set -> last step it decoded
@@ -100,13 +120,35 @@ class Scheduler:
         return len(self._free)
 
     @property
+    def capacity(self) -> int:
+        """Slots that can ever be handed out (all of them unless a slot's memory could not be cleared)."""
+        return self.caps.max_sequences - len(self._broken)
+
+    @property
     def live_count(self) -> int:
         return len(self.seqs)
+
+    def owned(self, job: Job) -> int:
+        """How many live sequences ``job`` owns."""
+        return self._owned.get(job, 0)
+
+    def room_for(self, job: Job | None) -> bool:
+        """Whether ``job`` may take one more slot now: a slot is free and the job is within the slots it
+        reserved (``slots_needed``), so its decisions never depend on what other jobs hold."""
+        if not self._free:
+            return False
+        return job is None or self.owned(job) < job.slots_needed
 
     def _alloc(self) -> int:
         if not self._free:
             raise CapacityError(f"all {self.caps.max_sequences} sequence slots are busy")
         return self._free.pop()
+
+    def _add(self, seq: Seq) -> Seq:
+        self.seqs.append(seq)
+        if seq.owner is not None:
+            self._owned[seq.owner] = self._owned.get(seq.owner, 0) + 1
+        return seq
 
     # -- what controllers call -----------------------------------------------------------------
     def spawn(
@@ -117,19 +159,29 @@ class Scheduler:
         *,
         adapters: AdapterSet = (),
         top_logprobs: int = -1,
+        owner: Job | None = None,
     ) -> Seq:
-        """A new sequence that decodes ``tokens`` (a prompt); without sampling it only prefills."""
+        """A new sequence that decodes ``tokens`` (a prompt); without sampling it only prefills.
+
+        ``owner`` defaults to the job whose code is running (``acting``).
+        """
+        sampler = self.backend.make_sampler(sampling) if sampling is not None else None
+        try:
+            slot = self._alloc()
+        except BaseException:
+            _close(sampler)
+            raise
         seq = Seq(
-            slot=self._alloc(),
+            slot=slot,
             controller=controller,
-            sampler=self.backend.make_sampler(sampling) if sampling is not None else None,
+            sampler=sampler,
+            owner=owner if owner is not None else self.acting,
             adapters=adapters,
             top_logprobs=top_logprobs,
             pending=list(tokens),
             held=None if self.caps.fork and self.caps.rewind else [],
         )
-        self.seqs.append(seq)
-        return seq
+        return self._add(seq)
 
     def fork(
         self,
@@ -141,20 +193,34 @@ class Scheduler:
         adapters: AdapterSet | None = None,
         top_logprobs: int = -1,
     ) -> Seq:
-        """A new sequence sharing everything ``src`` has decoded; it continues with ``pending``."""
+        """A new sequence sharing everything ``src`` has decoded; it continues with ``pending``.
+
+        The fork belongs to ``src``'s owner. On any failure nothing is left behind (slot, sampler, copy).
+        """
         if src.pending:
             raise RuntimeError("fork of a sequence with undecoded tokens")
-        slot = self._alloc()
+        sampler = self.backend.make_sampler(sampling) if sampling is not None else None
+        try:
+            slot = self._alloc()
+        except BaseException:
+            _close(sampler)
+            raise
         n_past, pending = src.n_past, list(pending or [])
-        if self.caps.fork:
-            self.backend.copy_seq(src.slot, slot)
-        else:  # the backend cannot copy state: the new slot decodes what ``src`` holds again
-            assert src.held is not None
-            n_past, pending = 0, [*src.held, *pending]
+        try:
+            if self.caps.fork:
+                self.backend.copy_seq(src.slot, slot)
+            else:  # the backend cannot copy state: the new slot decodes what ``src`` holds again
+                assert src.held is not None
+                n_past, pending = 0, [*src.held, *pending]
+        except BaseException:
+            _close(sampler)
+            self._give_back(slot)
+            raise
         seq = Seq(
             slot=slot,
             controller=controller,
-            sampler=self.backend.make_sampler(sampling) if sampling is not None else None,
+            sampler=sampler,
+            owner=src.owner,
             adapters=src.adapters if adapters is None else adapters,
             top_logprobs=top_logprobs,
             n_past=n_past,
@@ -162,8 +228,7 @@ class Scheduler:
             held=[] if not self.caps.fork else None if src.held is None else list(src.held),
             tokens=list(src.tokens),
         )
-        self.seqs.append(seq)
-        return seq
+        return self._add(seq)
 
     def inject(self, seq: Seq, tokens: list[int]) -> None:
         """Append forced tokens (budget wrap-up, "Wait", trial-answer prefixes) to a sequence."""
@@ -199,20 +264,79 @@ class Scheduler:
             seq.status = Status.ACTIVE
 
     def finish(self, seq: Seq) -> None:
-        """Free a sequence's slot and sampler at once."""
+        """Free a sequence's slot and sampler at once (whatever else fails)."""
         if seq.status is Status.DONE:
             return
         seq.status = Status.DONE
         seq.pending.clear()
-        self.backend.remove(seq.slot, 0)
-        if seq.sampler is not None:
-            seq.sampler.close()
-        self._free.append(seq.slot)
         self.seqs.remove(seq)
+        if seq.owner is not None:
+            left = self._owned.get(seq.owner, 0) - 1
+            if left > 0:
+                self._owned[seq.owner] = left
+            else:
+                self._owned.pop(seq.owner, None)
+        try:
+            _close(seq.sampler)
+        finally:
+            self._give_back(seq.slot)
+
+    def _give_back(self, slot: int) -> None:
+        """Clear a slot's memory and return it to the free list (quarantined if clearing fails)."""
+        try:
+            self.backend.remove(slot, 0)
+        except Exception:
+            log.exception("could not clear sequence slot %d; it is taken out of service", slot)
+            self._broken.add(slot)
+            return
+        self._free.append(slot)
+
+    def release(self, job: Job) -> int:
+        """Free every sequence ``job`` owns, whatever the job's state; returns how many."""
+        victims = [s for s in self.seqs if s.owner is job]
+        for s in victims:
+            try:
+                self.finish(s)
+            except Exception:  # noqa: BLE001 - the slot is accounted for by finish; go on with the rest
+                log.exception("freeing a sequence failed")
+        return len(victims)
 
     def text_of(self, seq: Seq, token: int) -> str:
         """Incrementally decoded text of a token (UTF-8 split across tokens is held back)."""
         return seq._utf8.decode(self.backend.token_bytes(token))
+
+    # -- faults --------------------------------------------------------------------------------
+    def guarded(self, owner: Job | None, fn: Callable[..., object], *args: object) -> bool:
+        """Run ``fn(*args)`` as ``owner``: an exception fails that job alone. False if it raised.
+
+        Without an owner (sequences driven directly) the exception propagates.
+        """
+        prev, self.acting = self.acting, owner
+        try:
+            fn(*args)
+            return True
+        except Exception as exc:
+            if owner is None:
+                raise
+            self.fault(owner, exc)
+            return False
+        finally:
+            self.acting = prev
+
+    def fault(self, job: Job, exc: BaseException) -> None:
+        """``job`` failed with ``exc``: it gets the error (unless it already finished) and loses its sequences."""
+        if isinstance(exc, EdgeReasonError):
+            log.warning("request failed: %s", exc)
+        else:
+            log.error("request failed: %r", exc, exc_info=exc)
+        if not job.done:
+            job.fail(exc)
+        self.release(job)
+
+    def _fault_seq(self, seq: Seq, exc: BaseException) -> None:
+        if seq.owner is None:
+            raise exc
+        self.fault(seq.owner, exc)
 
     # -- the loop ------------------------------------------------------------------------------
     def step(self) -> bool:
@@ -228,7 +352,15 @@ class Scheduler:
         if not groups:
             return False
         adapters = self._pick_group(groups)
-        self.backend.set_adapters(adapters)  # a no-op when already set (an unload may have reset it)
+        try:
+            self.backend.set_adapters(adapters)  # a no-op when already set (an unload may have reset it)
+        except Exception as exc:  # the group's jobs cannot decode
+            self._adapters = None
+            for seq in groups[adapters]:
+                if seq.live:
+                    self._fault_seq(seq, exc)
+            self.steps += 1
+            return True
         if adapters != self._adapters:
             self._adapters, self._turn_start = adapters, time.perf_counter()
             self.adapter_switches += 1
@@ -257,8 +389,9 @@ class Scheduler:
         singles = [s for s in group if s.live and s.status is Status.ACTIVE and len(s.pending) == 1]
         cap = max(1, self.caps.mixed_batch_tokens)
         for i in range(0, len(singles), cap):
-            chunk = [s for s in singles[i : i + cap] if s.live]
-            self._run(chunk, [s.pending[:1] for s in chunk])
+            chunk = [s for s in singles[i : i + cap] if s.live and s.status is Status.ACTIVE and s.pending]
+            if chunk:
+                self._run(chunk, [s.pending[:1] for s in chunk])
 
     def _run(self, seqs: list[Seq], takes: list[list[int]]) -> None:
         """One decode call; then sample every sequence whose pending tokens are all decoded."""
@@ -271,12 +404,17 @@ class Scheduler:
         except ContextFullError:
             victim = max(seqs, key=lambda s: s.n_past + len(s.pending))
             log.warning("context full: ending sequence in slot %d (%d tokens)", victim.slot, victim.n_past)
-            victim.controller.on_context_full(victim)
-            self.finish(victim)
-            rest = [(s, t) for s, t in zip(seqs, takes) if s.live]
+            self.guarded(victim.owner, victim.controller.on_context_full, victim)
+            if victim.live:
+                self.finish(victim)
+            rest = _retakes(seqs, takes)
             if rest:
                 self._run([s for s, _ in rest], [t for _, t in rest])
             return
+        except Exception as exc:
+            self._decode_failed(seqs, takes, exc)
+            return
+        self.last_progress = time.monotonic()
         for item, seq, handle in zip(items, seqs, handles):
             n = len(item.tokens)
             seq.n_past += n
@@ -287,17 +425,57 @@ class Scheduler:
             if not seq.live or seq.pending:
                 continue
             if handle >= 0 and seq.sampler is not None:
-                self._sample(seq, handle)
+                for s in self._forks_at_logits(seq):
+                    if s.live:
+                        self.sample_from(s, handle)
             elif seq.sampler is None:
-                seq.controller.on_ready(seq)
+                self.guarded(seq.owner, seq.controller.on_ready, seq)
 
-    def _sample(self, seq: Seq, handle: int) -> None:
+    def _forks_at_logits(self, seq: Seq) -> list[Seq]:
+        """``seq`` and the forks its ``on_logits`` hook made (none if the hook failed its job)."""
+        hook, seq.on_logits = seq.on_logits, None
+        if hook is None:
+            return [seq]
+        forks: list[Seq] = []
+        if not self.guarded(seq.owner, lambda: forks.extend(hook(seq))):
+            return []
+        return [seq, *forks]
+
+    def _decode_failed(self, seqs: list[Seq], takes: list[list[int]], exc: Exception) -> None:
+        """A decode call raised: find the sequence at fault (see the module docstring)."""
+        if len(seqs) == 1:
+            self._fault_seq(seqs[0], exc)
+            return
+        if not self.caps.rewind:
+            for seq in seqs:
+                if seq.live:
+                    self._fault_seq(seq, exc)
+            return
+        log.warning("a decode call of %d sequences failed (%r); retrying them one by one", len(seqs), exc)
+        for seq, take in zip(seqs, takes):
+            if not seq.live or seq.status is not Status.ACTIVE or not seq.pending:
+                continue  # a callback of an earlier retry changed it: the next step decodes it
+            take = seq.pending[: len(take)]
+            try:  # the failed call may have written some of its cells
+                self.backend.remove(seq.slot, seq.n_past)
+            except Exception as err:  # noqa: BLE001 - this sequence cannot be retried exactly
+                self._fault_seq(seq, err)
+                continue
+            self._run([seq], [take])
+
+    def sample_from(self, seq: Seq, handle: int) -> None:
+        """Sample ``seq``'s next token from decode output ``handle`` and hand it to its controller."""
         assert seq.sampler is not None
-        token = self.backend.sample(seq.sampler, handle)
-        lp = self.backend.top_logprobs(handle, token, seq.top_logprobs) if seq.top_logprobs >= 0 else None
+        try:
+            token = self.backend.sample(seq.sampler, handle)
+            lp = self.backend.top_logprobs(handle, token, seq.top_logprobs) if seq.top_logprobs >= 0 else None
+            text = self.text_of(seq, token)
+        except Exception as exc:  # sampling faults belong to the sequence's job
+            self._fault_seq(seq, exc)
+            return
         seq.tokens.append(token)
         seq.pending.append(token)
-        seq.controller.on_token(seq, token, self.text_of(seq, token), lp)
+        self.guarded(seq.owner, seq.controller.on_token, seq, token, text, lp)
 
     def cancel_all(self, owner_pred: Callable[[Seq], bool]) -> int:
         """Finish every sequence matching ``owner_pred``; returns how many."""
@@ -305,3 +483,17 @@ class Scheduler:
         for s in victims:
             self.finish(s)
         return len(victims)
+
+
+def _retakes(seqs: list[Seq], takes: list[list[int]]) -> list[tuple[Seq, list[int]]]:
+    """What is left to decode of a failed call's items, as the sequences stand now."""
+    return [
+        (s, s.pending[: len(t)])
+        for s, t in zip(seqs, takes)
+        if s.live and s.status is Status.ACTIVE and s.pending
+    ]
+
+
+def _close(sampler: Sampler | None) -> None:
+    if sampler is not None:
+        sampler.close()
