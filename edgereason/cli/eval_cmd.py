@@ -79,7 +79,6 @@ def add_eval_parser(
         help="evaluate with this loaded adapter (every strategy but lorid)",
     )
     p.add_argument("--seed", type=int, default=0, help="base seed (data and sampling)")
-    p.add_argument("--max-sequences", type=int, default=DEFAULT_MAX_SEQUENCES, help="engine sequence slots")
     p.add_argument(
         "--resume",
         action="store_true",
@@ -93,6 +92,8 @@ def add_eval_parser(
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.max_sequences is None:  # --parallel/--max-sequences (model flags) defaults to 30 slots here
+        args.max_sequences = DEFAULT_MAX_SEQUENCES
     if args.compare:
         return _compare(args.compare)
     if args.table:
@@ -168,6 +169,8 @@ def _load_engine(args: argparse.Namespace, settings: Any) -> Any:
         n_ctx=args.n_ctx or -(-room // 64) * 64,
         threads=args.threads,
         max_sequences=args.max_sequences,
+        cache_type_k=args.cache_type_k,
+        cache_type_v=args.cache_type_v,
         chat_template=template,
         reasoning_format=args.reasoning_format,
         adapters={s.name: s.path for s in specs} or None,

@@ -52,8 +52,34 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="runtime; auto picks by artefact (.gguf, MLX folder, ONNX genai folder, openai://)",
     )
-    p.add_argument("--n-ctx", type=int, default=None, help="context tokens per sequence")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument(
+        "--n-ctx",
+        "-c",
+        "--ctx-size",
+        dest="n_ctx",
+        type=int,
+        default=None,
+        help="context tokens per sequence (memory = n_ctx x sequences; llama-server's -c is the total)",
+    )
+    p.add_argument("--threads", "-t", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument(
+        "--parallel",
+        "-np",
+        "--max-sequences",
+        dest="max_sequences",
+        type=int,
+        default=None,
+        help="sequence slots decoded together (default 8)",
+    )
+    p.add_argument(
+        "--cache-type-k", choices=["f16", "q8_0", "q4_0"], default="f16", help="KV cache type of K"
+    )
+    p.add_argument(
+        "--cache-type-v",
+        choices=["f16", "q8_0", "q4_0"],
+        default="f16",
+        help="KV cache type of V (quantised: flash attention)",
+    )
     p.add_argument(
         "--chat-template", default=None, help="a jinja chat template file to use instead of the model's"
     )
@@ -78,11 +104,13 @@ def add_adapter_flags(p: argparse.ArgumentParser) -> None:
 def add_generation_flags(p: argparse.ArgumentParser) -> None:
     """Flags that map one-to-one onto GenerationOptions fields (unset flags keep the defaults)."""
     p.add_argument("--max-tokens", type=int, default=None, help="cap on generated tokens")
-    p.add_argument("--temperature", "-t", type=float, default=None, help="0 = greedy")
+    p.add_argument("--temperature", "--temp", type=float, default=None, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--min-p", type=float, default=None)
     p.add_argument("--repeat-penalty", type=float, default=None)
+    p.add_argument("--presence-penalty", type=float, default=None)
+    p.add_argument("--frequency-penalty", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument(
@@ -104,6 +132,8 @@ _GEN_FIELDS = (
     "top_k",
     "min_p",
     "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
     "seed",
     "stop",
     "thinking",
@@ -146,6 +176,9 @@ def load_engine(args: argparse.Namespace) -> Any:
         args.model,
         n_ctx=args.n_ctx,
         threads=args.threads,
+        max_sequences=getattr(args, "max_sequences", None),
+        cache_type_k=getattr(args, "cache_type_k", "f16"),
+        cache_type_v=getattr(args, "cache_type_v", "f16"),
         backend=getattr(args, "backend", "auto"),
         chat_template=template,
         reasoning_format=args.reasoning_format,
@@ -234,8 +267,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     fields = generation_fields(args)
     if getattr(args, "adaptive", None) and getattr(args, "votes", None) is None:
         raise EdgeReasonError("--adaptive needs --votes N (the most samples to draw)")
+    prompt = args.prompt
+    if prompt is None:
+        if sys.stdin.isatty():
+            raise EdgeReasonError("give a prompt, or pipe one on standard input")
+        prompt = sys.stdin.read().strip()
+        if not prompt:
+            raise EdgeReasonError("the prompt on standard input is empty")
     with load_engine(args) as engine:
-        messages = _messages(args, args.prompt)
+        messages = _messages(args, prompt)
         if getattr(args, "votes", None) is not None:
             return _run_votes(args, engine, messages, fields)
         if args.json:
@@ -298,6 +338,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..server.settings import settings_from_args
 
     logging.getLogger("edgereason.server").setLevel(logging.INFO)
+    if args.model_positional is not None:  # `edgereason serve MODEL`, as `vllm serve MODEL`
+        if args.model is not None and args.model != args.model_positional:
+            raise EdgeReasonError("give the model once: as MODEL or as --model")
+        args.model = args.model_positional
     return serve(settings_from_args(args))
 
 
@@ -314,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     run = sub.add_parser("run", help="answer one prompt, streaming reasoning (stderr) and answer (stdout)")
-    run.add_argument("prompt")
+    run.add_argument("prompt", nargs="?", default=None, help="the prompt (default: read standard input)")
     run.add_argument("--system", default=None, help="system message")
     run.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     run.add_argument(
@@ -348,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve", help="OpenAI-compatible HTTP server over one engine (continuous batching)"
     )
+    serve.add_argument("model_positional", nargs="?", default=None, metavar="MODEL", help="same as --model")
     add_settings_flags(serve)
     serve.set_defaults(func=cmd_serve)
 

@@ -484,6 +484,8 @@ def load_engine(settings: ServerSettings) -> Engine:
         n_ctx=settings.n_ctx,
         threads=settings.threads,
         max_sequences=settings.max_sequences,
+        cache_type_k=settings.cache_type_k,
+        cache_type_v=settings.cache_type_v,
         backend=settings.backend,
         adapters={spec.name: spec.path for spec in settings.adapter_specs()} or None,
         chat_template=template,

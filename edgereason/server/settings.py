@@ -55,6 +55,10 @@ class ServerSettings(BaseSettings):
         description="Host header name to answer to besides the bound one (repeatable); loopback binds answer "
         "only to localhost/127.0.0.1/[::1], other binds to any name unless this is given",
     )
+    cache_type_k: Literal["f16", "q8_0", "q4_0"] = Field(default="f16", description="KV cache type of K")
+    cache_type_v: Literal["f16", "q8_0", "q4_0"] = Field(
+        default="f16", description="KV cache type of V (a quantised V cache turns flash attention on)"
+    )
     max_body_mb: float = Field(
         default=8.0, gt=0, le=4096, description="largest request body in MB; larger bodies get 413"
     )
@@ -209,10 +213,26 @@ def _parse_toml(text: str) -> Any:
     return tomllib.loads(text)
 
 
+# llama-server's and vLLM's spellings of the same settings.
+FLAG_ALIASES = {
+    "model": ["-m"],
+    "n_ctx": ["-c", "--ctx-size"],
+    "max_sequences": ["-np", "--parallel"],
+    "threads": ["-t"],
+    "alias": ["--served-model-name"],
+}
+
+
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     """One ``--flag`` per settings field; unset flags stay None so env and config file apply."""
     for name, info in ServerSettings.model_fields.items():
         flag = "--" + name.replace("_", "-")
+        if name in FLAG_ALIASES:
+            kind = _scalar_type(info.annotation)
+            parser.add_argument(
+                flag, *FLAG_ALIASES[name], dest=name, type=kind, default=None, help=info.description
+            )
+            continue
         if name == "adapter":
             parser.add_argument(
                 flag, action="append", default=None, metavar="NAME=PATH[:SCALE]", help=info.description
