@@ -237,7 +237,9 @@ class GenerationOptions(BaseModel):
         default="model",
         description="after an early exit the model answers (DEER), or the confident trial answer is the answer",
     )
-    early_exit_prefix: str | None = Field(default=None, description="trial-answer prefix; default by format")
+    early_exit_prefix: str | None = Field(
+        default=None, min_length=1, description="trial-answer prefix; default by format"
+    )
     transition_markers: tuple[str, ...] = Field(
         default=DEFAULT_TRANSITION_MARKERS, min_length=1, max_length=16
     )

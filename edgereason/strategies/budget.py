@@ -250,14 +250,17 @@ class ThinkingController:
         self._replaying = False  # a withheld token is given back: it passes unchanged
 
     # -- hooks called by ChoiceDecoder -------------------------------------------------------------
-    def start(self, d: ChoiceDecoder, seq: Seq) -> None:
-        """Before the first decode: a zero budget closes thinking in the prompt (nothing is counted)."""
+    def start(self, d: ChoiceDecoder, seq: Seq, *, forked: bool = False) -> None:
+        """Before the first decode: a zero budget closes thinking in the prompt (nothing is counted).
+        ``forked``: ``seq`` is a fork of a choice that got the same start, its tokens are there already."""
         if self.budget != 0 or d.prompt.plan.thinking_disabled:
             return
         plan = d.prompt.plan
         text = CLOSE_TEXT if plan.starts_in_reasoning else ("<think>" + CLOSE_TEXT if plan.may_open else "")
         if text:
-            self._inject_silent(d, seq, text)
+            if not forked:
+                d.sched.inject(seq, d.sched.backend.tokenize(text))
+            d._route(d.splitter.feed(text))
             d.thinking_stopped_by = "budget"
 
     def before_token(
@@ -279,8 +282,7 @@ class ThinkingController:
             sched.rewind(seq, 1)
             self.close(d, seq, "budget", wrap=True)
             return True
-        if self.auto and self._should_probe(d, text):
-            self._start_probe(d, seq, token, text, logprobs)
+        if self.auto and self._should_probe(d, text) and self._start_probe(d, seq, token, text, logprobs):
             self._raw_tail = (self._raw_tail + text)[-16:]
             return True
         self._raw_tail = (self._raw_tail + text)[-16:]
@@ -354,10 +356,6 @@ class ThinkingController:
             d.completion_tokens += len(toks)
             d.reasoning_tokens += len(toks)
 
-    def _inject_silent(self, d: ChoiceDecoder, seq: Seq, text: str) -> None:
-        d.sched.inject(seq, d.sched.backend.tokenize(text))
-        d._route(d.splitter.feed(text))
-
     # -- early exit --------------------------------------------------------------------------------
     def _should_probe(self, d: ChoiceDecoder, text: str) -> bool:
         if len(self.probes) >= self.opts.early_exit_max_probes or d.reasoning_tokens == 0:
@@ -366,27 +364,30 @@ class ThinkingController:
             d
         ):
             return False  # near the cap: the cap ends thinking anyway
-        if d.sched.free_slots == 0:
+        if not d.sched.room_for(d.job):  # probes use only the slots the job reserved
             return False
         return is_transition(text, self._raw_tail, self.markers)
 
     def _start_probe(
         self, d: ChoiceDecoder, seq: Seq, token: int, text: str, logprobs: TopLogprobs | None
-    ) -> None:
+    ) -> bool:
+        """Fork a trial-answer probe before the marker token; False (nothing done) if there is no prefix."""
         sched = d.sched
+        assert self.prefix is not None
+        prefix = sched.backend.tokenize(self.prefix)
+        if not prefix:  # a fork with nothing to decode would never sample: it would stall the choice
+            return False
         sched.rewind(seq, 1)  # withhold the marker: the main sequence is exactly as before it
         self._withheld = _Withheld(token, text, logprobs)
         self._main = seq
-        assert self.prefix is not None
         probe = Probe(
             self, sched, self.opts.early_exit_probe_tokens, stop_at_brace=self.prefix.rstrip().endswith("{")
         )
-        probe.seq = sched.fork(
-            seq, probe, SamplingParams(), pending=sched.backend.tokenize(self.prefix), top_logprobs=0
-        )
+        probe.seq = sched.fork(seq, probe, SamplingParams(), pending=prefix, top_logprobs=0)
         self.probe = probe
         self._decoder = d
         sched.pause(seq)
+        return True
 
     def probe_done(self, probe: Probe, probe_seq: Seq, *, failed: bool) -> None:
         d, seq, held = self._decoder, self._main, self._withheld

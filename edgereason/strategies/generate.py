@@ -123,11 +123,12 @@ class ChoiceDecoder:
         return self.splitter.in_reasoning
 
     # -- Controller --------------------------------------------------------------------------------
-    def attach(self, seq: Seq) -> None:
-        """Own ``seq`` (spawned or forked for this choice, before its first decode)."""
+    def attach(self, seq: Seq, *, forked: bool = False) -> None:
+        """Own ``seq`` (spawned or forked for this choice, before it samples). ``forked``: ``seq`` is a
+        fork of another choice's prompt, which already holds what the thinking policy puts there."""
         self.seq = seq
         if self.thinking is not None:
-            self.thinking.start(self, seq)
+            self.thinking.start(self, seq, forked=forked)
 
     def on_token(self, seq: Seq, token: int, text: str, logprobs: TopLogprobs | None) -> None:
         policy = self.thinking
@@ -236,69 +237,80 @@ class ChoiceDecoder:
         )
 
 
+class _Choice(ChoiceDecoder):
+    """A choice of a GenerateJob: a full context ends it like any other finish."""
+
+    def on_context_full(self, seq: Seq) -> None:
+        super().on_context_full(seq)
+        job = self.job
+        if isinstance(job, GenerateJob):
+            job.on_choice_context_full(self)
+
+
 class GenerateJob(Job):
-    """``n`` independent choices. With n > 1 the prompt is decoded once and forked."""
+    """``n`` independent choices in ``n`` slots: the prompt is decoded once, as choice 0's sequence;
+    choices 1.. are forked from it when its logits are ready and sample from those same logits, so each
+    choice is exactly what a lone request with its seed would give."""
 
     def __init__(
-        self, prompt: PreparedPrompt, opts: GenerationOptions, model: str = "", adapters: AdapterSet = ()
+        self,
+        prompt: PreparedPrompt,
+        opts: GenerationOptions,
+        model: str = "",
+        adapters: AdapterSet = (),
+        max_sequences: int | None = None,
     ) -> None:
         super().__init__()
         self.prompt, self.opts, self.model = prompt, opts, model
         self.adapters = adapters  # resolved by the engine; forks inherit them
         self.adapters_used = frozenset(name for name, _ in adapters)
-        self.slots_needed = 1 if opts.n == 1 else opts.n + 1
+        self.slots_needed = opts.n
         if opts.effective_thinking_budget == "auto":
-            self.slots_needed += opts.n  # one early-exit probe per choice at a time
+            # One early-exit probe per choice at a time, when the slots allow: a probe is only forked
+            # within this reservation (a choice without room simply does not probe).
+            wanted = 2 * opts.n
+            self.slots_needed = wanted if max_sequences is None else max(opts.n, min(wanted, max_sequences))
         self.decoders: list[ChoiceDecoder] = []
-        self.root: Seq | None = None
 
     def _want_logprobs(self) -> int:
         return self.opts.top_logprobs if (self.opts.logprobs or self.opts.top_logprobs) else -1
 
     def start(self, sched: Scheduler) -> None:
         self.sched = sched
-        self.decoders = [
-            ChoiceDecoder(self, sched, self.prompt, self.opts, index=i) for i in range(self.opts.n)
-        ]
+        self.decoders = [_Choice(self, sched, self.prompt, self.opts, index=i) for i in range(self.opts.n)]
         if self.opts.max_tokens == 0:
             for d in self.decoders:
                 d.finish_reason = "length"
             self._complete()
             return
-        if self.opts.n == 1:
-            d = self.decoders[0]
-            seq = sched.spawn(
-                d,
-                self.prompt.tokens,
-                sampling_for(self.opts),
-                adapters=self.adapters,
-                top_logprobs=self._want_logprobs(),
-            )
-            d.attach(seq)
-        else:
-            self.root = sched.spawn(self, self.prompt.tokens[:-1], None, adapters=self.adapters)
-            if not self.root.pending:
-                self.on_ready(self.root)
+        d = self.decoders[0]
+        seq = sched.spawn(
+            d,
+            self.prompt.tokens,
+            sampling_for(self.opts),
+            adapters=self.adapters,
+            top_logprobs=self._want_logprobs(),
+            owner=self,
+        )
+        if self.opts.n > 1:
+            seq.on_logits = self._fork_choices
+        d.attach(seq)
 
-    # the root (a prompt holder) is ready: fork one sequence per choice
-    def on_ready(self, seq: Seq) -> None:
-        last = self.prompt.tokens[-1]
-        for i, d in enumerate(self.decoders):
-            lp = self._want_logprobs()
-            d.attach(self.sched.fork(seq, d, sampling_for(self.opts, i), pending=[last], top_logprobs=lp))
-        self.sched.finish(seq)  # forks keep the shared cells alive
-        self.root = None
+    def _fork_choices(self, seq: Seq) -> list[Seq]:
+        """The prompt is decoded: choices 1.. fork it (they sample from its logits after choice 0)."""
+        lp = self._want_logprobs()
+        forks = []
+        for i, d in enumerate(self.decoders[1:], start=1):
+            fork = self.sched.fork(seq, d, sampling_for(self.opts, i), top_logprobs=lp)
+            d.attach(fork, forked=True)
+            forks.append(fork)
+        return forks
 
-    def on_token(
-        self, seq: Seq, token: int, text: str, logprobs: TopLogprobs | None
-    ) -> None:  # pragma: no cover
-        pass
-
-    def on_context_full(self, seq: Seq) -> None:  # the shared prompt no longer fits beside other requests
-        for d in self.decoders:
-            d.finish_reason = "length"
-        self.root = None
-        self._complete()
+    def on_choice_context_full(self, decoder: ChoiceDecoder) -> None:
+        if not any(d.seq is not None for d in self.decoders[1:]):  # the prompt did not fit: no choice starts
+            for d in self.decoders:
+                d.finish_reason = d.finish_reason or "length"
+        self.on_choice_done(decoder)
 
     def on_choice_done(self, decoder: ChoiceDecoder) -> None:
         if all(d.finished for d in self.decoders):
@@ -309,8 +321,6 @@ class GenerateJob(Job):
             if d.seq is not None and d.seq.live:
                 d._finalize(d.seq, "cancelled")
                 sched.finish(d.seq)
-        if self.root is not None and self.root.live:
-            sched.finish(self.root)
         self._complete()
 
     def _complete(self) -> None:

@@ -3,7 +3,8 @@
 Each iteration runs the intuitive reasoner (IR, answers directly) and, concurrently, the knowledge
 generator (KG) followed by the deep reasoner (DR, reasons from the question plus KG's knowledge). Every
 iteration adds IR's answer and DR's answer to two sets; the loop stops at the first iteration where the
-sets intersect. The paper scores no agreement as wrong; here the majority over all answers is returned
+sets intersect. DR's prompt always fits: knowledge that would leave DR less than a quarter of the context
+(or its ``max_tokens``) to answer in is cut at a token boundary, and the report says so. The paper scores no agreement as wrong; here the majority over all answers is returned
 with ``agreed: false``. IR and KG/DR are separate sequences with their own adapter sets, live at the
 same time; the scheduler decodes each group under its own adapters, the groups taking turns.
 """
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..answers import answer_key
+from ..errors import ContextOverflowError
 from ..job import Job, PreparedPrompt
 from ..options import GenerationOptions, LoridOptions
 from ..result import ChatResult, Choice, Chunk, Usage
@@ -44,7 +46,8 @@ class Iteration:
     dr: ChoiceDecoder | None = None
     ir_answer: str | None = None
     dr_answer: str | None = None
-    knowledge: str = ""
+    knowledge: str = ""  # what DR was given (KG's output, cut to fit when ``knowledge_truncated``)
+    knowledge_truncated: bool = False
     shown: dict[str, str] = field(default_factory=dict)  # answer key -> normalised text
 
 
@@ -57,9 +60,8 @@ class _RoleDecoder(ChoiceDecoder):
 
 
 class LoridJob(Job):
-    """The LoRID loop as a job: two sequences at a time (IR and KG→DR)."""
-
-    slots_needed = 2
+    """The LoRID loop as a job: two sequences at a time (IR and KG→DR), each with room for an
+    early-exit probe under the "auto" thinking budget."""
 
     def __init__(
         self,
@@ -79,6 +81,7 @@ class LoridJob(Job):
             model,
         )
         self.adapters_used = frozenset(lorid.roles.values())
+        self.slots_needed = 4 if opts.effective_thinking_budget == "auto" else 2
         self.iterations: list[Iteration] = []
         self.prompt_tokens = 0
         self.shown: dict[str, str] = {}  # answer key -> its normalised text, first seen
@@ -91,18 +94,45 @@ class LoridJob(Job):
     def _next_iteration(self) -> None:
         it = Iteration()
         self.iterations.append(it)
-        it.ir = self._spawn("ir", role_text("ir", self.lorid.prompts["ir"], self.question))
-        it.kg = self._spawn("kg", role_text("kg", self.lorid.prompts["kg"], self.question))
+        it.ir = self._spawn(
+            "ir", self.make_prompt("ir", role_text("ir", self.lorid.prompts["ir"], self.question))
+        )
+        it.kg = self._spawn(
+            "kg", self.make_prompt("kg", role_text("kg", self.lorid.prompts["kg"], self.question))
+        )
 
-    def _spawn(self, role: Role, text: str) -> ChoiceDecoder:
-        prompt = self.make_prompt(role, text)
+    def _spawn(self, role: Role, prompt: PreparedPrompt) -> ChoiceDecoder:
         self.prompt_tokens += len(prompt.tokens)
         d = _RoleDecoder(self, self.sched, prompt, self.opts, index=0, stream=False)
         offset = 3 * (len(self.iterations) - 1) + ("ir", "kg", "dr").index(role)
         sampling = sampling_for(self.opts, offset, temperature=self.lorid.temperature, top_p=self.lorid.top_p)
         adapters = ((self.lorid.roles[role], 1.0),)
-        d.attach(self.sched.spawn(d, prompt.tokens, sampling, adapters=adapters))
+        d.attach(self.sched.spawn(d, prompt.tokens, sampling, adapters=adapters, owner=self))
         return d
+
+    def _dr_prompt(self, it: Iteration) -> PreparedPrompt:
+        """DR's prompt with as much of KG's knowledge as leaves DR room to answer (see the module docs)."""
+        n_ctx = self.sched.caps.n_ctx
+        limit = n_ctx - min(self.opts.max_tokens if self.opts.max_tokens is not None else n_ctx, n_ctx // 4)
+        backend = self.sched.backend
+        tokens = backend.tokenize(it.knowledge) if it.knowledge else []
+        keep = len(tokens)
+        for _ in range(32):
+            text = role_text("dr", self.lorid.prompts["dr"], self.question, it.knowledge)
+            try:
+                prompt = self.make_prompt("dr", text)
+            except ContextOverflowError as exc:
+                if keep == 0:
+                    raise
+                keep = min(keep - 1, keep // 2, max(0, keep - (exc.n_prompt_tokens - limit)))
+            else:
+                over = len(prompt.tokens) - limit
+                if over <= 0 or keep == 0:
+                    return prompt
+                keep = max(0, keep - over)
+            it.knowledge = backend.detokenize(tokens[:keep])
+            it.knowledge_truncated = True
+        return self.make_prompt("dr", role_text("dr", self.lorid.prompts["dr"], self.question, ""))
 
     def on_choice_done(self, decoder: ChoiceDecoder) -> None:
         if self.done:
@@ -110,7 +140,7 @@ class LoridJob(Job):
         it = self.iterations[-1]
         if decoder is it.kg:
             it.knowledge = _output_text(decoder)
-            it.dr = self._spawn("dr", role_text("dr", self.lorid.prompts["dr"], self.question, it.knowledge))
+            it.dr = self._spawn("dr", self._dr_prompt(it))
             return
         if it.ir is None or it.dr is None or not (it.ir.finished and it.dr.finished):
             return
@@ -191,6 +221,8 @@ class LoridJob(Job):
             "answer": answer,
             "knowledge": knowledge,
         }
+        if any(i.knowledge_truncated for i in self.iterations):
+            report["knowledge_truncated"] = True  # DR got less than KG wrote (see _dr_prompt)
         usage = Usage(
             prompt_tokens=self.prompt_tokens,
             completion_tokens=choice.completion_tokens,

@@ -1,8 +1,10 @@
 """Self-consistency in the engine: sample reasoning paths in one batch and vote on their answers.
 
-The prompt is prefilled once into a holder sequence that lives as long as the job; samples are
-forked from it as parallel sequences (up to ``width`` at a time: ``parallel``, or as many as the slots
-hold; a new fork whenever one finishes).
+The prompt is prefilled once. When every sample fits at once (N samples in N slots) it is prefilled as
+sample 0's sequence, and samples 1.. fork it when its logits are ready and sample from those logits: each
+sample equals a lone run with its seed. Otherwise (``parallel`` below the sample count, or more samples
+than slots) a holder keeps all but the prompt's last token for the job's life, and samples fork from it
+up to ``width`` at a time, a new fork whenever one finishes, each decoding the last prompt token itself.
 Answers are extracted as samples finish and the stopping rule is applied in finish order; when it
 fires (or the time budget runs out) the samples still decoding are cancelled and freed at once.
 """
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..answers import answer_key
-from ..backends.base import AdapterSet, TopLogprobs
+from ..backends.base import AdapterSet, SamplingParams, TopLogprobs
 from ..errors import InvalidRequestError
 from ..job import Job, PreparedPrompt
 from ..options import GenerationOptions, SelfConsistencyOptions
@@ -99,12 +101,17 @@ class SelfConsistencyJob(Job):
         self.adapters_used = frozenset(name for name, _ in adapters)
         self.sc: SelfConsistencyOptions = opts.self_consistency
         self.rule = make_stopping_rule(self.sc.adaptive, self.sc.threshold, self.sc.window)
-        # One slot holds the prompt; the samples share the rest, a new one forked as each finishes.
         # Under the "auto" thinking budget each sample may fork an early-exit probe beside it.
         per_sample = 2 if opts.effective_thinking_budget == "auto" else 1
         most = min(self.sc.samples, self.sc.parallel or self.sc.samples)
-        self.width = max(1, min(most, (max_sequences - 1) // per_sample))
-        self.slots_needed = self.width * per_sample + 1
+        if most == self.sc.samples and self.sc.samples * per_sample <= max_sequences:
+            # all at once: sample 0 is the prompt's own sequence, nothing holds the prompt after the forks
+            self.holder, self.width = False, self.sc.samples
+            self.slots_needed = self.width * per_sample
+        else:  # one slot holds the prompt; samples share the rest, a new one forked as each finishes
+            self.holder = True
+            self.width = max(1, min(most, (max_sequences - 1) // per_sample))
+            self.slots_needed = min(self.width * per_sample + 1, max(2, max_sequences))
         self.running: list[SampleDecoder] = []
         self.finished: list[SampleReport] = []  # in finish order
         self.cancelled: list[SampleDecoder] = []
@@ -122,12 +129,40 @@ class SelfConsistencyJob(Job):
         if self.opts.max_tokens == 0:
             self._complete()
             return
-        self.root = sched.spawn(self, self.prompt.tokens[:-1], None, adapters=self.adapters)
+        if not self.holder:  # every sample at once: the prompt is sample 0's sequence
+            self.running = [self._sample_decoder(i) for i in range(self.sc.samples)]
+            self.launched = len(self.running)
+            first = self.running[0]
+            first.seq = sched.spawn(
+                first,
+                self.prompt.tokens,
+                self._sampling(0),
+                adapters=self.adapters,
+                top_logprobs=DEFAULT_CONFIDENCE_TOP_K,
+                owner=self,
+            )
+            first.seq.on_logits = self._fork_samples
+            return
+        self.root = sched.spawn(self, self.prompt.tokens[:-1], None, adapters=self.adapters, owner=self)
         if not self.root.pending:
             self.on_ready(self.root)
 
+    def _fork_samples(self, seq: Seq) -> list[Seq]:
+        """Sample 0's prompt is decoded: samples 1.. fork it (they sample from its logits after sample 0)."""
+        forks = []
+        for d in self.running[1:]:
+            d.seq = self.sched.fork(seq, d, self._sampling(d.index), top_logprobs=DEFAULT_CONFIDENCE_TOP_K)
+            forks.append(d.seq)
+        return forks
+
     def on_ready(self, seq: Seq) -> None:
         self._launch()
+
+    def _sample_decoder(self, i: int) -> SampleDecoder:
+        return SampleDecoder(self, self.sched, self.prompt, self.opts, index=i, stream=False)
+
+    def _sampling(self, i: int) -> SamplingParams:
+        return sampling_for(self.opts, i, temperature=self.sc.temperature, top_p=self.sc.top_p)
 
     def on_token(
         self, seq: Seq, token: int, text: str, logprobs: TopLogprobs | None
@@ -143,20 +178,24 @@ class SelfConsistencyJob(Job):
 
     # -- samples -----------------------------------------------------------------------------------
     def _launch(self) -> None:
-        root = self.root
-        if root is None or self.done:
+        if self.done:
             return
+        root = self.root
         while (
-            not self._no_more
+            root is not None
+            and not self._no_more
             and len(self.running) < self.width
             and self.launched < self.sc.samples
-            and self.sched.free_slots > 0
+            and self.sched.room_for(self)
         ):
             i = self.launched
-            d = SampleDecoder(self, self.sched, self.prompt, self.opts, index=i, stream=False)
-            sampling = sampling_for(self.opts, i, temperature=self.sc.temperature, top_p=self.sc.top_p)
+            d = self._sample_decoder(i)
             d.seq = self.sched.fork(
-                root, d, sampling, pending=[self.prompt.tokens[-1]], top_logprobs=DEFAULT_CONFIDENCE_TOP_K
+                root,
+                d,
+                self._sampling(i),
+                pending=[self.prompt.tokens[-1]],
+                top_logprobs=DEFAULT_CONFIDENCE_TOP_K,
             )
             self.running.append(d)
             self.launched += 1
@@ -182,6 +221,7 @@ class SelfConsistencyJob(Job):
     def on_sample_context_full(self, decoder: SampleDecoder) -> None:
         # Memory is short: vote with what finishes instead of forking more into a full context.
         self._no_more = True
+        self.running = [d for d in self.running if d.seq is not None]  # samples never forked do not start
         self.on_choice_done(decoder)
 
     def check_deadline(self) -> None:
