@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
@@ -15,11 +17,12 @@ from .adapters import adapter_gguf, is_peft_dir
 from .backends.base import AdapterSet, Backend
 from .chat.reasoning import PromptPlan, ReasoningFormat, Thinking, detect_format, plan_prompt, think_is_open
 from .chat.template import render_chat, validate_messages
+from .chat.tokens import has_control_text, tokenize_prompt
 from .errors import (
     CapacityError,
     ChatTemplateError,
-    ContextOverflowError,
     EdgeReasonError,
+    EngineStoppedError,
     InvalidRequestError,
     UnknownAdapterError,
 )
@@ -33,6 +36,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_QUEUE = 64
 ADAPTER_CALL_TIMEOUT_S = 120.0
+# No decode call returned and no loop iteration began for this long while work is queued: the engine
+# is reported wedged (``stopped_reason``) and refuses new work. One decode call is at most n_batch tokens.
+DEFAULT_WEDGE_TIMEOUT_S = 60.0
 
 
 class _Control:
@@ -48,6 +54,10 @@ class Engine(ChatSurface):
 
     Thread-safe: any thread may call ``chat``/``stream``; one engine thread owns the backend and
     decodes the sequences of every request together, step by step (continuous batching).
+
+    A fault fails only the request at fault (see ``scheduler``). If the engine thread dies or makes no
+    progress for ``wedge_timeout_s`` while work is queued, ``stopped_reason`` says so and ``submit``
+    raises EngineStoppedError; a dead thread also fails every request it held.
     """
 
     def __init__(
@@ -59,6 +69,7 @@ class Engine(ChatSurface):
         max_queue: int = DEFAULT_MAX_QUEUE,
         name: str | None = None,
         default_adapters: AdapterSet = (),
+        wedge_timeout_s: float = DEFAULT_WEDGE_TIMEOUT_S,
     ) -> None:
         self.backend = backend
         # Adapters a request gets when it names none (a packaged student = base + its LoRA adapter).
@@ -86,6 +97,9 @@ class Engine(ChatSurface):
         self._running: list[Job] = []
         self._lock = threading.Lock()
         self._closed = False
+        self.wedge_timeout_s = wedge_timeout_s
+        self._beat: float | None = None  # when the loop last began an iteration; None while idle
+        self._died: str | None = None  # why the engine thread stopped, once it has
         self._thread = threading.Thread(target=self._loop, name="edgereason-engine", daemon=True)
         self._thread.start()
 
@@ -109,18 +123,25 @@ class Engine(ChatSurface):
             eos_token=self.info.eos_token,
             enable_thinking=enable,
         )
-        return plan_prompt(rendered, self.reasoning_format, thinking)
+        plan = plan_prompt(rendered, self.reasoning_format, thinking)
+        literals = tuple(
+            m["content"] for m in msgs if m["content"] and has_control_text(self.backend, m["content"])
+        )
+        return dataclasses.replace(plan, literals=literals) if literals else plan
 
     def prepare(self, plan: PromptPlan) -> PreparedPrompt:
         add_bos = self.info.add_bos and not (
             self.info.bos_token and plan.text.startswith(self.info.bos_token)
         )
-        tokens = self.backend.tokenize(plan.text, add_bos=add_bos)
+        tokens = tokenize_prompt(
+            self.backend,
+            plan.text,
+            n_ctx=self.backend.capabilities.n_ctx,
+            add_bos=add_bos,
+            literals=plan.literals,
+        )
         if not tokens:
             raise InvalidRequestError("the prompt is empty", param="prompt")
-        n_ctx = self.backend.capabilities.n_ctx
-        if len(tokens) >= n_ctx:
-            raise ContextOverflowError(len(tokens), n_ctx)
         return PreparedPrompt(plan=plan, tokens=tokens)
 
     def prepare_chat(self, messages: Sequence[Any], opts: GenerationOptions) -> PreparedPrompt:
@@ -186,11 +207,20 @@ class Engine(ChatSurface):
                 max_sequences=self.backend.capabilities.max_sequences,
                 adapters=adapters,
             )
-        return GenerateJob(prompt, opts, model=self.name, adapters=adapters)
+        return GenerateJob(
+            prompt,
+            opts,
+            model=self.name,
+            adapters=adapters,
+            max_sequences=self.backend.capabilities.max_sequences,
+        )
 
     def submit(self, job: Job) -> ChatStream:
         if self._closed:
             raise EdgeReasonError("the engine is closed")
+        stopped = self.stopped_reason
+        if stopped is not None:
+            raise EngineStoppedError(f"engine stopped: {stopped}")
         if job.slots_needed > self.backend.capabilities.max_sequences:
             raise InvalidRequestError(
                 f"this request needs {job.slots_needed} parallel sequences but the engine has "
@@ -198,6 +228,8 @@ class Engine(ChatSurface):
                 param="n",
             )
         with self._lock:
+            if self._died is not None:
+                raise EngineStoppedError(f"engine stopped: {self._died}")
             if len(self._waiting) + self._inbox.qsize() >= self.max_queue:
                 raise CapacityError(f"the request queue is full ({self.max_queue} waiting); retry shortly")
             self._inbox.put(job)
@@ -278,7 +310,10 @@ class Engine(ChatSurface):
         if threading.current_thread() is self._thread:
             return fn()
         msg = _Control(fn)
-        self._inbox.put(msg)
+        with self._lock:
+            if self._died is not None:
+                raise EngineStoppedError(f"engine stopped: {self._died}")
+            self._inbox.put(msg)
         self._wake.set()
         return msg.future.result(timeout=ADAPTER_CALL_TIMEOUT_S)
 
@@ -295,6 +330,25 @@ class Engine(ChatSurface):
     def running_requests(self) -> int:
         return len(self._running)
 
+    @property
+    def stopped_reason(self) -> str | None:
+        """None while the engine serves; else why it does not: its thread died, it is wedged (no loop
+        iteration and no decode call returned for ``wedge_timeout_s`` while work is queued), or closed."""
+        if self._died is not None:
+            return self._died
+        if self._closed:
+            return "engine closed"
+        if not self._thread.is_alive():
+            return "engine thread died"
+        beat = self._beat
+        if beat is None:  # idle: waiting for work
+            return None
+        busy = bool(self._running or self._waiting or not self._inbox.empty())
+        age = time.monotonic() - max(beat, self.scheduler.last_progress)
+        if busy and age > self.wedge_timeout_s:
+            return f"engine wedged: no step progress for {age:.0f} s while work is queued"
+        return None
+
     # -- lifecycle ---------------------------------------------------------------------------------
     def close(self) -> None:
         if self._closed:
@@ -303,40 +357,76 @@ class Engine(ChatSurface):
         self._inbox.put(None)
         self._wake.set()
         self._thread.join(timeout=30)
+        if self._thread.is_alive():  # wedged inside the backend: freeing it under a running call would crash
+            log.error("the engine thread did not stop; the backend is left open")
+            return
         self.backend.close()
 
     # -- the engine thread -------------------------------------------------------------------------
     def _loop(self) -> None:
-        while True:
-            if not self._running and not self._waiting and self._inbox.empty():
-                self._wake.wait()
-            self._wake.clear()
-            if self._drain_inbox():
-                break
-            self._reap_cancelled()
-            self._admit()
-            if not self._running:
-                continue
-            try:
-                progressed = self.scheduler.step()
-            except Exception as exc:  # a backend or controller fault: fail what is running, keep serving
-                log.exception("decode step failed")
-                self._fail_running(exc)
-                continue
-            self._running = [j for j in self._running if not j.done]
-            if not progressed and self._running:
-                # Jobs waiting on nothing the scheduler can advance would spin forever.
-                self._fail_running(RuntimeError("request stalled: no sequence can make progress"))
-            if self._running or self._waiting:
-                self._wake.set()
+        try:
+            while True:
+                if not self._running and not self._waiting and self._inbox.empty():
+                    self._beat = None
+                    self._wake.wait()
+                self._beat = time.monotonic()
+                self._wake.clear()
+                try:
+                    if self._iterate():
+                        break
+                except Exception as exc:  # a fault no job owns (a bug here): fail what runs, keep serving
+                    log.exception("engine step failed")
+                    self._fail_running(exc)
+        except BaseException as exc:  # noqa: BLE001 - the thread ends here; everything held gets the reason
+            log.critical("the engine thread died", exc_info=exc)
+            self._stop(f"engine thread died: {type(exc).__name__}: {exc}")
+            return
+        self._stop("the engine was closed", closed=True)
+
+    def _iterate(self) -> bool:
+        """One turn of the loop: take new work, reap cancels, admit, decode one step. True: closing."""
+        if self._drain_inbox():
+            return True
+        self._reap_cancelled()
+        self._admit()
+        if not self._running:
+            return False
+        progressed = self.scheduler.step()
+        self._retire()
+        if not progressed and self._running:
+            # Jobs waiting on nothing the scheduler can advance would spin forever.
+            for job in self._running:
+                self.scheduler.fault(job, RuntimeError("request stalled: no sequence can make progress"))
+            self._retire()
+        if self._running or self._waiting:
+            self._wake.set()
+        return False
+
+    def _stop(self, reason: str, *, closed: bool = False) -> None:
+        """The thread is ending: refuse new work, fail every job and control call still held."""
+        with self._lock:
+            if not closed:
+                self._died = reason
+        err: EdgeReasonError = (
+            EdgeReasonError(reason) if closed else EngineStoppedError(f"engine stopped: {reason}")
+        )
         for job in [*self._running, *self._waiting]:
-            job.fail(EdgeReasonError("the engine was closed"))
+            self._abandon(job, err)
+        self._running, self._waiting = [], deque()
         while not self._inbox.empty():
             item = self._inbox.get_nowait()
             if isinstance(item, _Control):
-                item.future.set_exception(EdgeReasonError("the engine was closed"))
+                item.future.set_exception(err)
             elif item is not None:
-                item.fail(EdgeReasonError("the engine was closed"))
+                item.fail(err)
+
+    def _abandon(self, job: Job, err: BaseException) -> None:
+        if not job.done:
+            job.fail(err)
+        try:
+            self.scheduler.release(job)
+        except Exception:  # noqa: BLE001 - the others must still be failed
+            log.exception("freeing a request's sequences failed")
 
     def _drain_inbox(self) -> bool:
         while True:
@@ -354,39 +444,57 @@ class Engine(ChatSurface):
                 continue
             self._waiting.append(job)
 
+    def _retire(self) -> None:
+        """Drop finished jobs from the running list, freeing anything they still hold."""
+        for job in [j for j in self._running if j.done]:
+            if self.scheduler.release(job):
+                log.debug("freed sequences a finished request left behind")
+        self._running = [j for j in self._running if not j.done]
+
     def _reap_cancelled(self) -> None:
         for job in [j for j in self._running if j.cancel_requested.is_set()]:
-            job.abort(self.scheduler)
+            self.scheduler.guarded(job, job.abort, self.scheduler)  # finishes with what it has
+            if not job.done:
+                job.fail(EdgeReasonError("cancelled"))
+            self.scheduler.release(job)
             self._running.remove(job)
         for job in [j for j in self._waiting if j.cancel_requested.is_set()]:
             self._waiting.remove(job)
             job.fail(EdgeReasonError("cancelled"))
 
     def _admit(self) -> None:
-        while self._waiting and self._waiting[0].slots_needed <= self.scheduler.free_slots:
-            job = self._waiting.popleft()
+        """Start waiting jobs in order while their slots fit beside what running jobs reserved."""
+        sched = self.scheduler
+        while self._waiting:
+            job = self._waiting[0]
+            if job.slots_needed > sched.capacity:  # can never fit: refuse it rather than block the queue
+                self._waiting.popleft()
+                job.fail(
+                    CapacityError(
+                        f"this request needs {job.slots_needed} parallel sequences but only "
+                        f"{sched.capacity} slots are in service"
+                    )
+                )
+                continue
+            reserved = sum(j.slots_needed for j in self._running)
+            if job.slots_needed > min(sched.capacity - reserved, sched.free_slots):
+                return
+            self._waiting.popleft()
             missing = sorted(job.adapters_used - self._adapter_names)
             if missing:  # unloaded while the request waited
                 job.fail(
                     UnknownAdapterError(f"adapter {missing[0]!r} was unloaded before this request started")
                 )
                 continue
-            try:
-                job.start(self.scheduler)
-            except EdgeReasonError as exc:
-                job.fail(exc)
-                continue
-            if not job.done:
+            sched.guarded(job, job.start, sched)
+            if job.done:
+                sched.release(job)
+            else:
                 self._running.append(job)
 
     def _fail_running(self, exc: BaseException) -> None:
         for job in self._running:
-            if not job.done:
-                job.fail(exc)
-            try:
-                job.abort(self.scheduler)  # frees its sequences; the job already carries the error
-            except Exception:  # noqa: BLE001 - freeing must go on for the others
-                log.exception("abort failed")
+            self._abandon(job, exc)
         self._running = []
 
 
