@@ -114,18 +114,22 @@ def test_probes_do_not_change_the_main_sequence(engine: er.Engine) -> None:
 
 
 def test_confident_probe_exits_thinking(engine: er.Engine) -> None:
+    base = dict(thinking=True, max_tokens=48, temperature=0.0)
+    plain = engine.chat(msgs(PROMPTS[2]), **base).choices[0]
     c = engine.chat(
         msgs(PROMPTS[2]),
-        thinking=True,
         thinking_budget="auto",
-        early_exit_threshold=0.01,
+        early_exit_threshold=0.01,  # the first probe (at " train", token 16) is confident enough
         transition_markers=("\n", " train"),
-        max_tokens=48,
-        temperature=0.0,
+        **base,
     ).choices[0]
-    if c.extra["early_exit_probe_count"]:
-        assert c.thinking_stopped_by == "early_exit" and c.extra["early_exit_probe_count"] == 1
-        assert c.reasoning_tokens <= 1024
+    assert c.thinking_stopped_by == "early_exit" and c.extra["early_exit_probe_count"] == 1
+    (probe,) = c.extra["early_exit_probes"]
+    assert probe["confidence"] >= 0.01 and probe["answer"]
+    # Thinking ends where the probe forked: the same greedy prefix, cut short, and an answer follows.
+    assert c.reasoning_tokens == probe["at"] < plain.reasoning_tokens
+    assert plain.reasoning.startswith(c.reasoning) and len(c.reasoning) < len(plain.reasoning)
+    assert c.content.strip()
 
 
 @pytest.mark.parametrize(
