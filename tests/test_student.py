@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 
 import pytest
 
 import edgereason as er
 from edgereason.errors import InvalidRequestError
-from edgereason.models import STUDENT_DIR, list_models, student_preset
+from edgereason.models import STUDENT_DIR, embedded_model_path, list_models, student_preset
 
 QUESTION = "Tom has 12 apples. He buys 7 more, then gives away 5. How many apples does Tom have now?"
 
@@ -24,11 +26,16 @@ def test_preset_files_are_small_and_described() -> None:
     assert preset.default_adapter == "student" and "student" in preset.adapters
     for path in preset.adapters.values():
         assert path.stat().st_size <= 2 * 1024 * 1024  # committed to the repository
-    manifest_path = STUDENT_DIR / "manifest.json"
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        assert manifest["recipe"] == "edgereason.convert.distill"
-        assert set(preset.adapters) <= set(manifest["adapters"])
+    manifest = json.loads((STUDENT_DIR / "manifest.json").read_text())
+    assert manifest["recipe"] == "edgereason.convert.distill"
+    assert set(preset.adapters) <= set(manifest["adapters"])
+    # The manifest describes the files shipped, trained on the model shipped.
+    for name, path in preset.adapters.items():
+        assert manifest["adapters"][name]["file"] == path.name
+        assert manifest["adapters"][name]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    base = embedded_model_path()
+    assert manifest["base"]["file"] == base.name
+    assert manifest["base"]["sha256"] == hashlib.sha256(base.read_bytes()).hexdigest()
 
 
 def test_student_thinks_and_boxes_its_answer(student) -> None:
@@ -37,7 +44,11 @@ def test_student_thinks_and_boxes_its_answer(student) -> None:
     choice = res.choices[0]
     assert choice.reasoning.startswith("Start with")  # the distilled trace format, routed to reasoning
     assert choice.reasoning_tokens > 10
-    assert "\\boxed{" in choice.content and choice.answer is not None
+    boxed = re.search(r"\\boxed\{(\d+)\}", choice.content)
+    assert boxed is not None and choice.answer == boxed.group(1)
+    # The answer is where its own steps end (here 19 - 5 = 13: the 135M student's arithmetic slips,
+    # its format does not).
+    assert f"= {choice.answer}." in choice.reasoning
 
 
 def test_default_adapter_equals_naming_it_on_the_base(student) -> None:
