@@ -231,7 +231,7 @@ def build_llama_server(
                 "llama_cpp_python": version,
                 "sdist": sdist.name,
                 "sdist_sha256": digest,
-                "llama_cpp_build": _build_number(src),
+                "llama_cpp_version": _server_version(built),
                 "cmake_flags": list(CMAKE_FLAGS),
                 "jobs": jobs,
                 "build_seconds": round(time.monotonic() - t0, 1),
@@ -246,13 +246,12 @@ def build_llama_server(
     return binary
 
 
-def _build_number(src: Path) -> str | None:
-    with contextlib.suppress(OSError):
-        text = (src / "cmake" / "build-info.cmake").read_text()
-        for line in text.splitlines():
-            if "BUILD_NUMBER" in line and "set(" in line:
-                return line.strip()
-    return None
+def _server_version(binary: Path) -> str:
+    """``llama-server --version`` (llama.cpp's version and commit as the sdist recorded them)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
+        return " ".join(line.strip() for line in (out.stdout + out.stderr).splitlines() if line.strip())
+    return ""
 
 
 def _compiler_version() -> str:

@@ -78,7 +78,8 @@ class StreamResult:
 
     started: float
     token_times: dict[int, list[float]] = field(default_factory=dict)  # choice index -> content chunk times
-    usage: dict[str, Any] = field(default_factory=dict)
+    # One usage record per response; llama-server sends one per choice when n > 1 (summed below).
+    usages: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, Any] = field(default_factory=dict)  # llama-server's own per-request timings
     texts: dict[int, list[str]] = field(default_factory=dict)
     finished: float = 0.0
@@ -90,9 +91,13 @@ class StreamResult:
         return min(firsts) - self.started if firsts else None
 
     @property
+    def usage(self) -> dict[str, Any]:
+        return self.usages[0] if self.usages else {}
+
+    @property
     def completion_tokens(self) -> int:
-        reported = self.usage.get("completion_tokens")
-        return int(reported) if reported else sum(len(t) for t in self.token_times.values())
+        reported = [u["completion_tokens"] for u in self.usages if u.get("completion_tokens")]
+        return int(sum(reported)) if reported else sum(len(t) for t in self.token_times.values())
 
     @property
     def prompt_tokens(self) -> int | None:
@@ -157,7 +162,8 @@ def stream_chat(
                     if on_first_token is not None:
                         on_first_token()
                         on_first_token = None
-            res.usage = obj.get("usage") or res.usage
+            if obj.get("usage"):
+                res.usages.append(obj["usage"])
             res.timings = obj.get("timings") or res.timings
     res.finished = time.perf_counter()
     return res
