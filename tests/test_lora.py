@@ -248,10 +248,14 @@ def test_lorid_end_to_end_on_real_adapters(llama: Tiny) -> None:
             lorid={"max_iterations": 2},
         )
     report = res.extra["lorid"]
-    assert 1 <= report["iterations"] <= 2
-    assert len(report["ir_answers"]) == len(report["dr_answers"]) == report["iterations"]
-    assert isinstance(report["knowledge"], str) and report["agreed"] in (True, False)
-    assert res.usage.completion_tokens > 0
+    # Random adapters on a random base write no answer, so IR and DR never agree: LoRID runs every
+    # iteration and reports no answer (the agreement path is covered in test_lorid.py).
+    assert report["iterations"] == 2 and report["agreed"] is False
+    assert report["ir_answers"] == report["dr_answers"] == [None, None]
+    assert report["answer"] is None and res.answer is None
+    assert report["knowledge"].strip()  # KG's text reached DR
+    # IR, KG and DR each decode to max_tokens in both iterations.
+    assert res.usage.completion_tokens == 2 * 3 * 16 and res.finish_reason == "length"
 
 
 def test_random_adapter_for_the_embedded_model(tmp_path: Path) -> None:
