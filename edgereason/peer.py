@@ -322,8 +322,6 @@ def llama_server_args(
         str(layout.n_batch),
         "--flash-attn",
         "on" if layout.flash_attn else "off",
-        "--n-gpu-layers",
-        "0",
         *extra_args,
     ]
 

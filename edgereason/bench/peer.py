@@ -485,6 +485,18 @@ def build_big_model(cache: Path) -> Path:
     return out
 
 
+def _source_state() -> str | None:
+    """``git describe --dirty`` of the checkout EdgeReason runs from (None outside a git checkout)."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "describe", "--always", "--dirty"], capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from ..models import resolve_model
     from ..peer import cache_root
@@ -514,6 +526,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "layout": vars(layout),
         "plan": vars(plan),
         "cpu_count": os.cpu_count(),
+        "edgereason_source": _source_state(),
     }
     for name, model in models.items():
         print(
