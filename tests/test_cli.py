@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import edgereason as er
+
 
 def run(*args: str, timeout: int = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -102,16 +104,33 @@ def test_bad_option_values(args: list[str], needle: str) -> None:
 
 
 def test_chat_keeps_history() -> None:
+    first, second = "My name is Ada.", "What is my name?"
     proc = subprocess.run(
         [sys.executable, "-m", "edgereason", "chat", "--max-tokens", "12", "--temperature", "0"],
-        input="My name is Ada.\nWhat is my name?\n/exit\n",
+        input=f"{first}\n{second}\n/reset\n{second}\n/exit\n",
         capture_output=True,
         text=True,
         timeout=180,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("> ") >= 2  # two prompts answered before /exit
     assert "Traceback" not in proc.stderr
+    # stdout: "> " before each input line, each reply ending in a newline; /reset prints nothing.
+    turns = proc.stdout.split("> ")
+    assert turns[0] == "" and turns[-1] == "" and turns[3] == ""
+    replies = [turns[1], turns[2], turns[4]]
+    assert all(r.endswith("\n") and r.strip() for r in replies), proc.stdout
+    a1, a2, a3 = (r.strip() for r in replies)
+    # The replies are the library's greedy replies to the same messages, asked in the same order on a
+    # fresh engine (the second turn reuses the first turn's cached tokens in both, which matters:
+    # llama.cpp's logits differ in the last bits between cached and re-read prompts).
+    chat = dict(max_tokens=12, temperature=0.0)
+    user1, user2 = {"role": "user", "content": first}, {"role": "user", "content": second}
+    with er.load() as fresh:
+        assert fresh.chat([user1], **chat).content.strip() == a1
+        history = [user1, {"role": "assistant", "content": a1}, user2]
+        assert fresh.chat(history, **chat).content.strip() == a2
+        assert fresh.chat([user2], **chat).content.strip() == a3
+    assert a2 != a3  # the first exchange changed the reply to the same question
 
 
 def test_models_dir(tmp_path: Path, model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
