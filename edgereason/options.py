@@ -151,6 +151,11 @@ class GenerationOptions(BaseModel):
     top_logprobs: int = Field(default=0, ge=0, le=20, description="and this many alternatives per token")
     thinking: bool | Literal["auto"] = "auto"
     ignore_eos: bool = Field(default=False, description="keep generating past end-of-generation (benchmarks)")
+    cache_prompt: bool = Field(
+        default=True,
+        description="reuse the KV a finished request left for this prompt's prefix (llama-server's name); "
+        "false decodes the whole prompt and keeps nothing for later requests",
+    )
     self_consistency: SelfConsistencyOptions | None = Field(
         default=None, description="an int N or an object: vote over N samples"
     )

@@ -16,6 +16,11 @@ from .backends.base import AdapterSet
 
 # Reusing fewer tokens than this is not worth giving up a slot that holds a longer history.
 MIN_REUSE_TOKENS = 4
+# A hit still decodes at least this many prompt tokens. On this llama.cpp build a call holding one token
+# takes another kernel path than a call of several, and its logits differ (by up to 0.66 on the embedded
+# model's chat prompt: another greedy token); any split into calls of >= 2 tokens gives the same logits
+# bit for bit as one call, so a cache hit equals a cold run exactly.
+MIN_SUFFIX_TOKENS = 2
 
 
 @dataclass
@@ -52,6 +57,11 @@ class SlotCache:
     def __len__(self) -> int:
         return len(self._free)
 
+    @property
+    def warm(self) -> set[int]:
+        """Free slots whose memory still holds a finished sequence's tokens."""
+        return {slot for slot, held in self._free.items() if held.tokens}
+
     def release(self, slot: int, tokens: list[int] | None, adapters: AdapterSet = ()) -> None:
         """``slot`` is free again; it still holds ``tokens`` (None or [] when its memory was cleared)."""
         self._clock += 1
@@ -63,7 +73,7 @@ class SlotCache:
     ) -> tuple[int, int]:
         """A free slot for ``prompt`` and how many of its tokens the slot already holds (kept).
 
-        At least one prompt token is left to decode, so the caller gets logits. Raises KeyError when
+        At least ``MIN_SUFFIX_TOKENS`` prompt tokens are left to decode (exact logits, see above). Raises KeyError when
         no slot is free. The caller drops everything past the kept count from the backend's memory.
         """
         if not self._free:
@@ -85,7 +95,7 @@ class SlotCache:
     def _reusable(self, held: _Held, prompt: list[int], adapters: AdapterSet) -> int:
         if not held.tokens or held.adapters != adapters:
             return 0
-        n = min(common_prefix(held.tokens, prompt), len(prompt) - 1)
+        n = min(common_prefix(held.tokens, prompt), len(prompt) - MIN_SUFFIX_TOKENS)
         if not self.trim and n < len(held.tokens):
             return 0  # recurrent state holds exactly its tokens: only a full-history extension fits
         return n

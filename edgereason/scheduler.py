@@ -32,6 +32,7 @@ from .backends.base import (
     TopLogprobs,
 )
 from .errors import CapacityError, EdgeReasonError
+from .prefix_cache import SlotCache
 
 if TYPE_CHECKING:
     from .job import Job
@@ -80,7 +81,8 @@ class Seq:
     tokens: list[int] = field(default_factory=list)  # everything after the prompt, injected included
     status: Status = Status.ACTIVE
     tag: object = None  # free for the controller
-    held: list[int] | None = None  # tokens the backend holds, kept only when it cannot fork
+    held: list[int] = field(default_factory=list)  # the tokens the backend holds (positions 0..n_past-1)
+    cacheable: bool = True  # its KV may stay in the slot for a later prompt to reuse (see prefix_cache)
     # Called once when the pending tokens (a prompt) are decoded, before this sequence samples: it may
     # fork the sequence, and the forks it returns sample from the same logits right after it, so each
     # equals a lone run of the prompt (decoding a prompt's last token in a call of its own changes them).
@@ -100,7 +102,9 @@ class Scheduler:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.caps = backend.capabilities
-        self._free = list(range(self.caps.max_sequences - 1, -1, -1))
+        # Free slots, and the KV finished sequences left in them for later prompts (not for backends that
+        # re-prefill forks: their slots are cleared; recurrent state is reused only when extended).
+        self._free = SlotCache(self.caps.max_sequences, trim=self.caps.rewind, enabled=self.caps.fork)
         self._broken: set[int] = set()  # slots whose memory could not be cleared: never handed out again
         self.seqs: list[Seq] = []
         self._owned: dict[Job, int] = {}  # live sequences per owning job
@@ -118,6 +122,11 @@ class Scheduler:
     @property
     def free_slots(self) -> int:
         return len(self._free)
+
+    @property
+    def cached_slots(self) -> set[int]:
+        """Free slots still holding a finished sequence's KV for later prompts (see prefix_cache)."""
+        return self._free.warm
 
     @property
     def capacity(self) -> int:
@@ -139,10 +148,20 @@ class Scheduler:
             return False
         return job is None or self.owned(job) < job.slots_needed
 
-    def _alloc(self) -> int:
-        if not self._free:
-            raise CapacityError(f"all {self.caps.max_sequences} sequence slots are busy")
-        return self._free.pop()
+    def _alloc(
+        self, prompt: list[int] | None = None, adapters: AdapterSet = (), reuse: bool = True
+    ) -> tuple[int, int]:
+        """A free slot and how many tokens of ``prompt`` it already holds; the rest of its memory is cleared."""
+        while self._free:
+            slot, keep = self._free.take(prompt, adapters, reuse=reuse)
+            try:
+                self.backend.remove(slot, keep)
+            except Exception:
+                log.exception("could not clear sequence slot %d; it is taken out of service", slot)
+                self._broken.add(slot)
+                continue
+            return slot, keep
+        raise CapacityError(f"all {self.caps.max_sequences} sequence slots are busy")
 
     def _add(self, seq: Seq) -> Seq:
         self.seqs.append(seq)
@@ -160,14 +179,17 @@ class Scheduler:
         adapters: AdapterSet = (),
         top_logprobs: int = -1,
         owner: Job | None = None,
+        reuse: bool = True,
     ) -> Seq:
         """A new sequence that decodes ``tokens`` (a prompt); without sampling it only prefills.
 
-        ``owner`` defaults to the job whose code is running (``acting``).
+        ``owner`` defaults to the job whose code is running (``acting``). The prompt starts from the
+        longest prefix a free slot still holds under the same adapters (``n_past`` tells how many tokens
+        were reused) unless ``reuse`` is False, which also keeps its KV from being reused later.
         """
         sampler = self.backend.make_sampler(sampling) if sampling is not None else None
         try:
-            slot = self._alloc()
+            slot, keep = self._alloc(tokens, adapters, reuse)
         except BaseException:
             _close(sampler)
             raise
@@ -178,8 +200,10 @@ class Scheduler:
             owner=owner if owner is not None else self.acting,
             adapters=adapters,
             top_logprobs=top_logprobs,
-            pending=list(tokens),
-            held=None if self.caps.fork and self.caps.rewind else [],
+            n_past=keep,
+            pending=list(tokens[keep:]),
+            held=list(tokens[:keep]),
+            cacheable=reuse,
         )
         return self._add(seq)
 
@@ -201,7 +225,7 @@ class Scheduler:
             raise RuntimeError("fork of a sequence with undecoded tokens")
         sampler = self.backend.make_sampler(sampling) if sampling is not None else None
         try:
-            slot = self._alloc()
+            slot, _ = self._alloc()
         except BaseException:
             _close(sampler)
             raise
@@ -210,7 +234,6 @@ class Scheduler:
             if self.caps.fork:
                 self.backend.copy_seq(src.slot, slot)
             else:  # the backend cannot copy state: the new slot decodes what ``src`` holds again
-                assert src.held is not None
                 n_past, pending = 0, [*src.held, *pending]
         except BaseException:
             _close(sampler)
@@ -225,7 +248,8 @@ class Scheduler:
             top_logprobs=top_logprobs,
             n_past=n_past,
             pending=pending,
-            held=[] if not self.caps.fork else None if src.held is None else list(src.held),
+            held=list(src.held) if self.caps.fork else [],
+            cacheable=src.cacheable,
             tokens=list(src.tokens),
         )
         return self._add(seq)
@@ -246,12 +270,10 @@ class Scheduler:
         decoded = n - undecoded
         if decoded:
             seq.n_past -= decoded
-            if seq.held is not None:
-                del seq.held[seq.n_past :]
+            del seq.held[seq.n_past :]
             if self.caps.rewind:
                 self.backend.remove(seq.slot, seq.n_past)
             else:  # recurrent state cannot drop a suffix: clear the slot, decode the kept tokens again
-                assert seq.held is not None
                 self.backend.remove(seq.slot, 0)
                 seq.pending[:0], seq.held, seq.n_past = seq.held, [], 0
 
@@ -279,7 +301,10 @@ class Scheduler:
         try:
             _close(seq.sampler)
         finally:
-            self._give_back(seq.slot)
+            if seq.cacheable and seq.held and len(seq.held) == seq.n_past:
+                self._free.release(seq.slot, seq.held, seq.adapters)  # its KV stays for a later prompt
+            else:
+                self._give_back(seq.slot)
 
     def _give_back(self, slot: int) -> None:
         """Clear a slot's memory and return it to the free list (quarantined if clearing fails)."""
@@ -289,7 +314,7 @@ class Scheduler:
             log.exception("could not clear sequence slot %d; it is taken out of service", slot)
             self._broken.add(slot)
             return
-        self._free.append(slot)
+        self._free.release(slot, None)
 
     def release(self, job: Job) -> int:
         """Free every sequence ``job`` owns, whatever the job's state; returns how many."""
@@ -329,6 +354,9 @@ class Scheduler:
             log.warning("request failed: %s", exc)
         else:
             log.error("request failed: %r", exc, exc_info=exc)
+        for seq in self.seqs:  # what a failed job's sequences hold may be half-written: never reuse it
+            if seq.owner is job:
+                seq.cacheable = False
         if not job.done:
             job.fail(exc)
         self.release(job)
@@ -420,8 +448,7 @@ class Scheduler:
             seq.n_past += n
             del seq.pending[:n]
             self.decoded_tokens += n
-            if seq.held is not None:
-                seq.held.extend(item.tokens)
+            seq.held.extend(item.tokens)
             if not seq.live or seq.pending:
                 continue
             if handle >= 0 and seq.sampler is not None:

@@ -271,6 +271,7 @@ class GenerateJob(Job):
             wanted = 2 * opts.n
             self.slots_needed = wanted if max_sequences is None else max(opts.n, min(wanted, max_sequences))
         self.decoders: list[ChoiceDecoder] = []
+        self.cached_tokens = 0
 
     def _want_logprobs(self) -> int:
         return self.opts.top_logprobs if (self.opts.logprobs or self.opts.top_logprobs) else -1
@@ -291,7 +292,9 @@ class GenerateJob(Job):
             adapters=self.adapters,
             top_logprobs=self._want_logprobs(),
             owner=self,
+            reuse=self.opts.cache_prompt,
         )
+        self.cached_tokens = seq.n_past  # prompt tokens reused from an earlier request's KV
         if self.opts.n > 1:
             seq.on_logits = self._fork_choices
         d.attach(seq)
@@ -331,5 +334,6 @@ class GenerateJob(Job):
             prompt_tokens=len(self.prompt.tokens),
             completion_tokens=sum(c.completion_tokens for c in choices),
             reasoning_tokens=sum(c.reasoning_tokens for c in choices),
+            cached_tokens=self.cached_tokens,
         )
         self.complete(ChatResult(choices=choices, usage=usage, model=self.model))

@@ -84,6 +84,7 @@ class LoridJob(Job):
         self.slots_needed = 4 if opts.effective_thinking_budget == "auto" else 2
         self.iterations: list[Iteration] = []
         self.prompt_tokens = 0
+        self.cached_tokens = 0
         self.shown: dict[str, str] = {}  # answer key -> its normalised text, first seen
 
     # -- engine thread -------------------------------------------------------------------------------
@@ -107,7 +108,11 @@ class LoridJob(Job):
         offset = 3 * (len(self.iterations) - 1) + ("ir", "kg", "dr").index(role)
         sampling = sampling_for(self.opts, offset, temperature=self.lorid.temperature, top_p=self.lorid.top_p)
         adapters = ((self.lorid.roles[role], 1.0),)
-        d.attach(self.sched.spawn(d, prompt.tokens, sampling, adapters=adapters, owner=self))
+        seq = self.sched.spawn(
+            d, prompt.tokens, sampling, adapters=adapters, owner=self, reuse=self.opts.cache_prompt
+        )
+        self.cached_tokens += seq.n_past
+        d.attach(seq)
         return d
 
     def _dr_prompt(self, it: Iteration) -> PreparedPrompt:
@@ -227,6 +232,7 @@ class LoridJob(Job):
             prompt_tokens=self.prompt_tokens,
             completion_tokens=choice.completion_tokens,
             reasoning_tokens=choice.reasoning_tokens,
+            cached_tokens=self.cached_tokens,
         )
         # Streaming callers get the chosen output once the loop has settled (role outputs are not streamed).
         if choice.reasoning:

@@ -117,6 +117,7 @@ class SelfConsistencyJob(Job):
         self.cancelled: list[SampleDecoder] = []
         self.launched = 0
         self.root: Seq | None = None
+        self.cached_tokens = 0
         self.deadline: float | None = None
         self.stop_rule: str | None = None  # what ended sampling early
         self._no_more = False
@@ -140,10 +141,20 @@ class SelfConsistencyJob(Job):
                 adapters=self.adapters,
                 top_logprobs=DEFAULT_CONFIDENCE_TOP_K,
                 owner=self,
+                reuse=self.opts.cache_prompt,
             )
+            self.cached_tokens = first.seq.n_past
             first.seq.on_logits = self._fork_samples
             return
-        self.root = sched.spawn(self, self.prompt.tokens[:-1], None, adapters=self.adapters, owner=self)
+        self.root = sched.spawn(
+            self,
+            self.prompt.tokens[:-1],
+            None,
+            adapters=self.adapters,
+            owner=self,
+            reuse=self.opts.cache_prompt,
+        )
+        self.cached_tokens = self.root.n_past
         if not self.root.pending:
             self.on_ready(self.root)
 
@@ -286,6 +297,7 @@ class SelfConsistencyJob(Job):
             prompt_tokens=len(self.prompt.tokens),
             completion_tokens=sum(c.completion_tokens for c in decoders_tokens),
             reasoning_tokens=sum(c.reasoning_tokens for c in decoders_tokens),
+            cached_tokens=self.cached_tokens,
         )
         report = {
             "answer": result.winner,
