@@ -13,6 +13,8 @@ from edgereason.gguf_meta import read_gguf_info
 
 transformers = pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.convert
+
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 12 + 7?"}],
     [
