@@ -21,7 +21,12 @@ from edgereason.convert.pipeline import convert
 from edgereason.errors import ModelLoadError
 from edgereason.scheduler import Scheduler, Seq
 
+pytestmark = pytest.mark.convert
+
 VERIFIED = ("mamba2", "bamba", "granitemoehybrid", "falcon_h1")
+# f32 GGUF vs transformers over 32 positions measured 2.6-3.8e-5 (mamba2), 1.9e-5 (bamba), 1.0-1.2e-5
+# (granite), 1.6e-5 (falcon_h1): about 10x that, so a real regression (25-100x) fails.
+LOGIT_TOLERANCE = {"mamba2": 4e-4, "bamba": 2e-4, "granitemoehybrid": 1.5e-4, "falcon_h1": 2e-4}
 PARITY_TOKENS = list(range(1000, 1032))  # 32 positions
 PROMPT = "Q: What is 12 + 7?\nA:"
 
@@ -51,7 +56,8 @@ def test_f32_gguf_matches_transformers(converted: tuple[Path, Path]) -> None:
     hf, gguf = converted
     report = logits_parity(hf, gguf, PARITY_TOKENS, greedy_tokens=32, threads=1)
     assert report["n_positions"] == 32
-    assert report["max_abs_diff"] <= 1e-3, report["max_abs_diff"]
+    arch = json.loads((hf / "config.json").read_text())["model_type"]
+    assert report["max_abs_diff"] <= LOGIT_TOLERANCE[arch], report["max_abs_diff"]
     assert report["greedy_match"], (report["greedy_hf"], report["greedy_gguf"])
 
 
@@ -279,3 +285,18 @@ def assert_engine_features_run(engine: er.Engine) -> None:
     res = engine.complete(PROMPT, seed=3, max_tokens=12, self_consistency={"samples": 3})
     report = res.extra["self_consistency"]
     assert report["samples_used"] == 3 and report["samples_requested"] == 3
+
+
+def test_prefix_cache_on_recurrent_state_extends_exactly(engine: er.Engine) -> None:
+    """A hybrid slot holds exactly its tokens: a longer prompt continues from it, equal to a cold run."""
+    head = "Question: what is 12 + 7?\n"
+    more = head + "Answer: let me think step by step.\n"
+    cold = engine.complete(more, max_tokens=8, temperature=0.0, cache_prompt=False)
+    first = engine.complete(head, max_tokens=1, temperature=0.0)  # its one token is sampled, never decoded
+    # The same prompt again: the state cannot stop two tokens short of what it holds, so nothing is reused.
+    again = engine.complete(head, max_tokens=1, temperature=0.0)
+    assert again.usage.cached_tokens == 0 and again.content == first.content
+    hot = engine.complete(more, max_tokens=8, temperature=0.0)
+    assert hot.usage.cached_tokens == again.usage.prompt_tokens  # the whole state of ``head`` is reused
+    assert hot.content == cold.content
+    assert engine.live_sequences == 0
