@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 # with several adapter sets live, a set keeps the context for a turn of at least this long (whole
 # steps) before the next one: small models decode several steps per switch, large ones switch each step.
 ADAPTER_TURN_S = 0.05
+# Prompt tokens decoded per step while other sequences stream (chunked prefill; measured in bench peer's
+# long-prompt test: see README "Serving core").
+DEFAULT_PREFILL_CHUNK = 64
 
 
 class Status(str, Enum):
@@ -113,6 +116,7 @@ class Scheduler:
         self.decoded_tokens = 0
         self.adapter_switches = 0
         self.adapter_turn_s = ADAPTER_TURN_S
+        self.prefill_chunk = DEFAULT_PREFILL_CHUNK
         self.last_progress = time.monotonic()  # when a decode call last returned (the engine's watchdog)
         self._adapters: AdapterSet | None = None  # the set last given to the backend (None: unknown)
         self._turn_start = 0.0  # when ``_adapters`` got the context (perf_counter)
@@ -409,11 +413,16 @@ class Scheduler:
 
     def _decode_group(self, group: list[Seq]) -> None:
         # Multi-token work (prompts, injected text) is decoded one sequence per call; single tokens of
-        # many sequences share calls of at most ``mixed_batch_tokens`` (see Capabilities).
+        # many sequences share calls of at most ``mixed_batch_tokens`` (see Capabilities). While other
+        # sequences stream, a prompt advances one chunk of ``prefill_chunk`` tokens per step (chunked
+        # prefill: no prompt freezes the streams); alone, it is decoded in calls of ``n_batch``.
+        streaming = any(s.status is Status.ACTIVE and len(s.pending) == 1 for s in group)
+        limit = min(self.prefill_chunk, self.caps.n_batch) if streaming else self.caps.n_batch
         for seq in [s for s in group if len(s.pending) > 1]:
             while seq.live and seq.status is Status.ACTIVE and len(seq.pending) > 1:
-                take = seq.pending[: self.caps.n_batch]
-                self._run([seq], [take])
+                self._run([seq], [seq.pending[: _chunk(len(seq.pending), limit, self.caps.n_batch)]])
+                if streaming:
+                    break
         singles = [s for s in group if s.live and s.status is Status.ACTIVE and len(s.pending) == 1]
         cap = max(1, self.caps.mixed_batch_tokens)
         for i in range(0, len(singles), cap):
@@ -519,6 +528,16 @@ def _retakes(seqs: list[Seq], takes: list[list[int]]) -> list[tuple[Seq, list[in
         for s, t in zip(seqs, takes)
         if s.live and s.status is Status.ACTIVE and s.pending
     ]
+
+
+def _chunk(pending: int, limit: int, n_batch: int) -> int:
+    """How many of ``pending`` (> 1) tokens the next call takes: about ``limit``, and no call of a prompt
+    holds a lone token (one token takes another kernel path on llama.cpp and changes the results; see
+    prefix_cache), so a prompt split into chunks decodes exactly as in one call."""
+    take = min(pending, max(limit, 2))
+    if pending - take == 1:
+        take = take + 1 if take < n_batch else take - 1
+    return take
 
 
 def _close(sampler: Sampler | None) -> None:
