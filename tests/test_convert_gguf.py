@@ -28,8 +28,9 @@ QUESTION = [
         "Think it through step by step before answering.",
     }
 ]
-# transformers and llama.cpp both in float32 with an f32 KV cache agree to ~3e-5 on these models.
-LOGIT_TOLERANCE = 1e-3
+# transformers and llama.cpp, both float32 with an f32 KV cache, measured over the whole prompt: llama
+# 3.1e-5, qwen2 2.5e-5, qwen3 1.8e-5. About 10x that, so a real regression (25-100x) fails.
+LOGIT_TOLERANCE = {"llama": 3e-4, "qwen2": 2.5e-4, "qwen3": 2e-4}
 PRE_TOKENIZER = {"llama": "smollm", "qwen2": "qwen2", "qwen3": "qwen2"}
 
 
@@ -98,7 +99,8 @@ def test_f32_gguf_logits_match_transformers(converted: tuple[Path, Path]) -> Non
     report = logits_parity(hf_dir, path, _prompt_ids(hf_dir), greedy_tokens=32)
 
     assert report["n_positions"] >= 32
-    assert report["max_abs_diff"] < LOGIT_TOLERANCE, report
+    arch = json.loads((hf_dir / "config.json").read_text())["model_type"]
+    assert report["max_abs_diff"] < LOGIT_TOLERANCE[arch], report
     assert report["top1_agreement"] == 1.0
     assert report["greedy_gguf"] == report["greedy_hf"]
     # Random weights still give a continuation worth comparing: not one token repeated 32 times.

@@ -26,7 +26,9 @@ from edgereason.convert.lora_export import (  # noqa: E402
 
 pytestmark = pytest.mark.convert
 
-LOGIT_TOLERANCE = 1e-3
+# With the adapter applied, llama.cpp vs transformers+peft measured 1.3e-5 (llama) and 8.8e-6 (qwen3):
+# about 10x that, so a real regression (25-100x) fails.
+LOGIT_TOLERANCE = {"llama": 1.5e-4, "qwen3": 1e-4}
 PROMPT = "Question: what is 12 + 7? Think step by step.\nAnswer:"
 GREEDY = {"temperature": 0.0, "max_tokens": 12, "ignore_eos": True}
 
@@ -88,7 +90,7 @@ def test_logits_match_transformers_with_peft(arch: str, llama: Tiny, tmp_path: P
     with_adapter = logits_parity(
         tiny.hf, tiny.gguf, ids, greedy_tokens=8, peft_dir=tiny.peft[0], adapter=tiny.lora[0]
     )
-    assert with_adapter["max_abs_diff"] <= LOGIT_TOLERANCE, with_adapter
+    assert with_adapter["max_abs_diff"] <= LOGIT_TOLERANCE[arch], with_adapter
     assert with_adapter["greedy_match"]
     without = logits_parity(tiny.hf, tiny.gguf, ids, greedy_tokens=8)
     assert without["greedy_hf"] != with_adapter["greedy_hf"]  # the adapter really changes the model

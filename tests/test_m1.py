@@ -37,6 +37,8 @@ from tests.test_hybrid import (
     assert_rewind_replays_kept_tokens,
 )
 
+pytestmark = pytest.mark.convert
+
 # Llama 3's RoPE scaling with a short original context, so 32 positions see the rescaled frequencies.
 LLAMA3_ROPE = {
     "rope_type": "llama3",
@@ -169,11 +171,18 @@ def converted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     return src, hf_to_gguf(src, root / "model.gguf")
 
 
-def test_f32_gguf_matches_the_reference(converted: tuple[Path, Path]) -> None:
+# llama.cpp's f32 logits vs the float64 reference over 32 positions measured 3.9e-5 (conv then repeat),
+# 9.0e-6 (repeat then conv, llama3 RoPE) and 1.2e-5 (the default tiny M1 through `convert`): about 10x
+# that, so a real regression (25-100x) fails.
+LOGIT_TOLERANCE = {"conv-then-repeat": 4e-4, "repeat-then-conv-llama3-rope": 1e-4, "pipeline": 1.5e-4}
+
+
+def test_f32_gguf_matches_the_reference(converted: tuple[Path, Path], request: pytest.FixtureRequest) -> None:
     src, gguf = converted
     report = m1_parity(src, gguf, PARITY_TOKENS, greedy_tokens=32, threads=1)
     assert report["n_positions"] == 32
-    assert report["max_abs_diff"] <= 1e-3, report["max_abs_diff"]
+    tolerance = LOGIT_TOLERANCE[request.node.callspec.id]
+    assert report["max_abs_diff"] <= tolerance, report["max_abs_diff"]
     assert report["greedy_match"], (report["greedy_hf"], report["greedy_gguf"])
 
 
@@ -187,7 +196,8 @@ def m1_gguf(tiny_m1: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_convert_pipeline_output_matches_the_reference(tiny_m1: Path, m1_gguf: Path) -> None:
     report = m1_parity(tiny_m1, m1_gguf, PARITY_TOKENS, greedy_tokens=32, threads=1)
-    assert report["max_abs_diff"] <= 1e-3 and report["greedy_match"]
+    assert report["max_abs_diff"] <= LOGIT_TOLERANCE["pipeline"], report["max_abs_diff"]
+    assert report["greedy_match"]
 
 
 # -- serving ------------------------------------------------------------------------------------------
