@@ -130,7 +130,9 @@ def test_adapter_logits_match_mlx_lm(artefacts: dict[str, Path]) -> None:
         be.close()
     model, _ = load(str(artefacts["model"]), adapter_path=str(artefacts["alpha"]))
     theirs = np.asarray(model(mx.array(ids)[None])[0, -1].astype(mx.float32))
-    assert np.abs(ours - theirs).max() < 1e-3
+    # The same MLX ops on the same weights: measured exactly 0; a bound well under any LoRA effect.
+    diff = float(np.abs(ours - theirs).max())
+    assert diff < 1e-5, diff
 
 
 def test_cache_fork_and_rewind_are_exact(artefacts: dict[str, Path]) -> None:

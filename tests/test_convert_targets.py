@@ -28,7 +28,13 @@ ARCHS = ("llama", "qwen2", "qwen3")
 F32 = {"gguf": "f32", "mlx": "f32", "onnx": "fp32"}
 EIGHT_BIT = {"gguf": "q8_0", "mlx": "8", "onnx": "int8"}
 FOUR_BIT = {"gguf": "q4_k_m", "mlx": "4", "onnx": "int4"}
-LOGIT_TOLERANCE = 1e-3
+# f32 exports vs transformers, max |logit diff| over the first 32 positions, measured: MLX 1.2e-5 (llama),
+# 1.4e-5 (qwen2), 1.7e-5 (qwen3); ONNX 1.0e-5, 1.3e-5, 1.1e-5. About 10x that, so a real regression
+# (25-100x) fails.
+LOGIT_TOLERANCE = {
+    "mlx": {"llama": 1.5e-4, "qwen2": 2e-4, "qwen3": 2e-4},
+    "onnx": {"llama": 1.5e-4, "qwen2": 1.5e-4, "qwen3": 1.5e-4},
+}
 
 
 def _needs(target: str) -> None:
@@ -59,7 +65,7 @@ def test_f32_export_matches_transformers(
     assert parity is not None and result.verified, parity
 
     assert parity["n_positions"] >= 256
-    assert parity["max_abs_diff_first_32"] <= LOGIT_TOLERANCE
+    assert parity["max_abs_diff_first_32"] <= LOGIT_TOLERANCE[target][arch], parity["max_abs_diff_first_32"]
     assert parity["greedy_match"] and parity["greedy_tokens"] == 32
     assert len(set(parity["greedy_reference"])) > 1  # a continuation worth comparing
     assert parity["top1_agreement"] == 1.0
