@@ -26,9 +26,10 @@ class InvalidRequestError(EdgeReasonError):
 class ContextOverflowError(InvalidRequestError):
     """The prompt does not fit in the model's context window."""
 
-    def __init__(self, n_prompt_tokens: int, n_ctx: int) -> None:
+    def __init__(self, n_prompt_tokens: int, n_ctx: int, *, at_least: bool = False) -> None:
         super().__init__(
-            f"the prompt has {n_prompt_tokens} tokens but the context holds {n_ctx}; "
+            f"the prompt has {'at least ' if at_least else ''}{n_prompt_tokens} tokens but the context "
+            f"holds {n_ctx}; "
             "shorten the prompt or load the model with a larger n_ctx",
             param="messages",
         )

@@ -42,7 +42,7 @@ class ByteScriptBackend:
         )  # fmt: skip
         self.capabilities = Capabilities(max_sequences=max_sequences, n_ctx=4096, n_batch=512, lora=lora)
 
-    def tokenize(self, text: str, *, add_bos: bool = False) -> list[int]:
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> list[int]:
         return list(text.encode())
 
     def token_bytes(self, token: int) -> bytes:
