@@ -188,9 +188,7 @@ def _engine(app: FastAPI) -> Engine:
 
 
 def _stopped_reason(eng: Engine | None) -> str | None:
-    # TODO(issue 19): eng.stopped_reason once the engine's watchdog lands everywhere.
-    reason = getattr(eng, "stopped_reason", None)
-    return reason if isinstance(reason, str) else None
+    return eng.stopped_reason if eng is not None else None
 
 
 def _route_label(app: FastAPI, scope: Scope) -> str:

@@ -17,18 +17,11 @@ from ..errors import (
     ChatTemplateError,
     ContextOverflowError,
     EdgeReasonError,
+    EngineStoppedError,
     InvalidRequestError,
     ModelLoadError,
     UnknownAdapterError,
 )
-
-try:
-    from ..errors import EngineStoppedError
-except ImportError:  # TODO(issue 19): drop once the engine's EngineStoppedError lands
-
-    class EngineStoppedError(EdgeReasonError):  # type: ignore[no-redef]
-        """The engine thread died or is wedged."""
-
 
 log = logging.getLogger(__name__)
 

@@ -144,7 +144,7 @@ class _EngineCollector(Collector):
         )
         if engine is None:
             return
-        stopped = getattr(engine, "stopped_reason", None)
+        stopped = engine.stopped_reason
         yield GaugeMetricFamily(
             f"{PREFIX}_engine_up",
             "1 while the engine thread serves, 0 once it stopped",
