@@ -372,7 +372,7 @@ def test_concurrency_follows_the_jobs_slots(engine: er.Engine) -> None:
     s = EvalSettings()
     assert concurrency_for(engine, parse_strategy("greedy"), s) == 16
     assert concurrency_for(engine, parse_strategy("budget:auto"), s) == 8  # a probe beside each
-    assert concurrency_for(engine, parse_strategy("sc:4"), s) == 3  # 4 samples + the prompt
+    assert concurrency_for(engine, parse_strategy("sc:4"), s) == 4  # 4 samples, the prompt is sample 0's
     assert concurrency_for(engine, parse_strategy("sc:adaptive"), s) == 3  # 4 at a time + the prompt
 
 

@@ -208,6 +208,10 @@ def assert_forks_equal_independent_runs(backend: LlamaCppBackend) -> None:
     _run(sched)
     sched.finish(root)
     forked = [forks.tokens[id(s)] for s in seqs]
+    for (
+        slot
+    ) in sched.cached_slots:  # finished sequences leave their state for reuse: clear it for the raw run
+        backend.remove(slot, 0)
 
     # The same N samples without copy_seq: each slot prefills its own copy of the prompt. The calls have
     # the shapes of the forked run (prompt minus its last token alone, then one token per sample side by

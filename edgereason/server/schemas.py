@@ -186,7 +186,8 @@ class ChatCompletionRequest(_SamplingRequest):
 
 class CompletionRequest(_SamplingRequest):
     prompt: str | list[str]
-    logprobs: int | None = Field(default=None, ge=0, le=5, description="top alternatives per token (0-5)")
+    # OpenAI allows 5; vLLM 20, which DeepConf's top-20 confidence (and our remote client) needs.
+    logprobs: int | None = Field(default=None, ge=0, le=20, description="top alternatives per token (0-20)")
     echo: bool = False
     best_of: int | None = None
     suffix: str | None = None
