@@ -158,13 +158,8 @@ class Scheduler:
         """A free slot and how many tokens of ``prompt`` it already holds; the rest of its memory is cleared."""
         while self._free:
             slot, keep = self._free.take(prompt, adapters, reuse=reuse)
-            try:
-                self.backend.remove(slot, keep)
-            except Exception:
-                log.exception("could not clear sequence slot %d; it is taken out of service", slot)
-                self._broken.add(slot)
-                continue
-            return slot, keep
+            if self._clear(slot, keep):
+                return slot, keep
         raise CapacityError(f"all {self.caps.max_sequences} sequence slots are busy")
 
     def _add(self, seq: Seq) -> Seq:
@@ -312,13 +307,18 @@ class Scheduler:
 
     def _give_back(self, slot: int) -> None:
         """Clear a slot's memory and return it to the free list (quarantined if clearing fails)."""
+        if self._clear(slot, 0):
+            self._free.release(slot, None)
+
+    def _clear(self, slot: int, from_pos: int) -> bool:
+        """Drop a slot's positions ``>= from_pos``; a slot that cannot be cleared leaves service (False)."""
         try:
-            self.backend.remove(slot, 0)
+            self.backend.remove(slot, from_pos)
         except Exception:
             log.exception("could not clear sequence slot %d; it is taken out of service", slot)
             self._broken.add(slot)
-            return
-        self._free.release(slot, None)
+            return False
+        return True
 
     def release(self, job: Job) -> int:
         """Free every sequence ``job`` owns, whatever the job's state; returns how many."""

@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .serve import _free_port, _process
+from ..peer import free_port
+from .serve import _process
 
 QUESTION = [{"role": "user", "content": "Tell me a short story about a fisherman and the sea."}]
 
@@ -64,7 +65,7 @@ def remote_overhead(args: argparse.Namespace) -> dict[str, Any]:
     n_ctx = args.n_ctx or 1024
     threads = args.threads or 1
     n_tok, reps = args.tokens, max(1, args.repeats)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "edgereason", "serve", "--model", str(path), "--port", str(port)]
     cmd += ["--n-ctx", str(n_ctx), "--threads", str(threads), "--max-sequences", "4"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import socket
 import statistics
 import subprocess
 import sys
@@ -15,15 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+from ..peer import free_port, stop_process
+
 PROMPT = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
 CLIENTS = 8
 READY_TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -46,11 +41,7 @@ def _process(cmd: list[str], base: str, ready_path: str) -> Iterator[str]:
             time.sleep(0.2)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def _load(
@@ -114,7 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n_tok, reps = args.tokens, args.repeats
     clients = max(2, args.sequences or CLIENTS)
     threads = ["--threads", str(args.threads)] if args.threads else []
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable,
         "-m",
@@ -170,7 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res["llama_cpp_server"] = "not installed (pip install 'llama-cpp-python[server]')"
         print(f"llama_cpp.server: {res['llama_cpp_server']}")
         return res
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable,
         "-m",
