@@ -116,8 +116,8 @@ def load(
     """
     kind = pick_backend(model, backend)
     if kind == "remote":
-        from .backends.remote import DEFAULT_PARALLEL as DEFAULT_REMOTE_PARALLEL
-        from .backends.remote import load_remote
+        from .remote import DEFAULT_PARALLEL as DEFAULT_REMOTE_PARALLEL
+        from .remote import load_remote
 
         if adapters:
             raise InvalidRequestError(

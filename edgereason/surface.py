@@ -1,6 +1,6 @@
 """The generation calls users make (``chat``, ``stream``, ``complete``, ``stream_completion``) and the
 context-manager protocol, shared by the local :class:`~edgereason.engine.Engine` and the
-:class:`~edgereason.backends.remote.RemoteEngine`: each implements the two ``_submit_*`` methods."""
+:class:`~edgereason.remote.RemoteEngine`: each implements the two ``_submit_*`` methods."""
 
 from __future__ import annotations
 

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 
 import edgereason as er
-from edgereason.backends.remote import (
+from edgereason.errors import InvalidRequestError, UnknownAdapterError
+from edgereason.remote import (
     RemoteEngine,
     RemoteError,
     RemoteUnavailableError,
     load_remote,
     parse_remote_url,
 )
-from edgereason.errors import InvalidRequestError, UnknownAdapterError
 
 from .test_server import N_CTX, Server, _start
 

@@ -58,7 +58,7 @@ def remote_overhead(args: argparse.Namespace) -> dict[str, Any]:
     sides run one after the other with the same thread count, so only the HTTP hop differs.
     """
     import edgereason as er
-    from edgereason.backends.remote import load_remote
+    from edgereason.remote import load_remote
     from edgereason.models import resolve_model
 
     path = resolve_model(args.model)

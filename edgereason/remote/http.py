@@ -1,4 +1,4 @@
-"""HTTP for the remote backend: the target URL, one pooled client with errors mapped once, and what a
+"""HTTP for the remote engine: the target URL, one pooled client with errors mapped once, and what a
 generated choice looks like once it is back (channels, token texts, log-probs)."""
 
 from __future__ import annotations

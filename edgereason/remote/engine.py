@@ -1,4 +1,4 @@
-"""The remote backend: EdgeReason's strategies over any OpenAI-compatible server (``openai://HOST:PORT/MODEL``).
+"""The remote engine: EdgeReason's strategies over any OpenAI-compatible server (``openai://HOST:PORT/MODEL``).
 
 vLLM, SGLang, llama-server or ``edgereason serve`` decode; this engine keeps the Engine surface (chat,
 stream, complete, results with channels, answers and strategy reports) and drives the strategies over HTTP:
@@ -13,7 +13,7 @@ stream, complete, results with channels, answers and strategy reports) and drive
   rounds so the adaptive stopping rules apply between rounds;
 - LoRID: role requests with ``model=<adapter>``.
 
-The strategies live in ``remote_strategies.py``, HTTP and response parsing in ``remote_http.py``.
+The strategies' remote executor lives in ``executor.py``, HTTP and response parsing in ``http.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..backends.base import ModelInfo
 from ..chat.reasoning import (
     ChannelSplitter,
     PromptPlan,
@@ -39,9 +40,8 @@ from ..job import ChatStream, Job
 from ..options import GenerationOptions
 from ..result import ChatResult, Choice, Usage
 from ..surface import ChatSurface
-from . import remote_strategies as strategies
-from .base import ModelInfo
-from .remote_http import (
+from . import executor as strategies
+from .http import (
     RemoteClient,
     RemoteError,
     RemoteOutput,

@@ -1,4 +1,4 @@
-"""The strategies of the remote backend: raw-prompt continuation with exact thinking budgets,
+"""The remote executor of the strategies: raw-prompt continuation with exact thinking budgets,
 self-consistency over ``n`` samples in rounds, and the LoRID loop with ``model=<adapter>`` per role.
 
 Each reuses the local strategies' pure parts (stopping rules, tallies, DeepConf confidence, sample
@@ -30,10 +30,10 @@ from ..strategies.self_consistency import (
     SampleReport,
 )
 from ..strategies.voting import Vote, make_stopping_rule, tally, token_confidence, trace_confidence
-from .remote_http import RemoteOutput, completion_logprobs, finish_reason
+from .http import RemoteOutput, completion_logprobs, finish_reason
 
 if TYPE_CHECKING:
-    from .remote import RemoteEngine, RemoteJob
+    from .engine import RemoteEngine, RemoteJob
 
 log = logging.getLogger(__name__)
 
