@@ -88,6 +88,7 @@ class Engine(ChatSurface):
         else:
             self.reasoning_format = detect_format(self.chat_template, self.info.has_think_token)
         self.max_queue = max_queue
+        self.created = int(time.time())  # when it was loaded: /v1/models reports it as "created"
         self.scheduler = Scheduler(backend)
         self._inbox: queue.Queue[Job | _Control | None] = queue.Queue()
         # Read by caller threads; replaced (never mutated) by the engine thread.

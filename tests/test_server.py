@@ -323,7 +323,7 @@ def test_api_key_and_full_queue() -> None:
     for srv in _start("--max-sequences", "1", "--max-queue", "1", "--api-key", "s3cret"):
         with pytest.raises(openai.AuthenticationError) as e:
             srv.client(api_key="wrong").models.list()
-        assert _error(e)["type"] == "authentication_error"
+        assert _error(e)["type"] == "invalid_request_error"
         r = httpx.post(f"{srv.base}/v1/chat/completions", content=b"{bad json")
         assert r.status_code == 401  # the key is checked before the body is read
         assert httpx.get(f"{srv.base}/health").status_code == 200

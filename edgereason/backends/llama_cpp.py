@@ -326,6 +326,10 @@ class LlamaCppBackend:
             self._piece_cache[token] = piece
         return piece
 
+    def special_piece(self, token: int) -> bytes:
+        """The token's bytes with control tokens written out (``<|im_end|>``), as llama-server shows them."""
+        return self._piece(token, special=True)
+
     def _piece(self, token: int, *, special: bool) -> bytes:
         buf = ctypes.create_string_buffer(64)
         n = self._lib.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)

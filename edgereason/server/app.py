@@ -34,6 +34,7 @@ from .errors import (
 )
 from .guard import Gate, allowed_hosts, is_loopback
 from .metrics import CONTENT_TYPE, Metrics, RequestTimer
+from .routes_extra import add_extra_routes, model_card
 from .settings import ServerSettings
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def create_app(engine: Engine | None, settings: ServerSettings | None = None) ->
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         eng = _engine(app)
-        base = {"id": eng.name, "object": "model", "created": 0, "owned_by": "edgereason"}
+        base = model_card(eng, eng.name)
         meta = {
             "n_ctx": eng.backend.capabilities.n_ctx,
             "max_sequences": eng.backend.capabilities.max_sequences,
@@ -97,11 +98,10 @@ def create_app(engine: Engine | None, settings: ServerSettings | None = None) ->
             "bos_token": eng.info.bos_token,
             "eos_token": eng.info.eos_token,
         }
-        adapters = [
-            {"id": name, "object": "model", "created": 0, "owned_by": "edgereason", "parent": eng.name}
-            for name in eng.adapter_names
-        ]
+        adapters = [model_card(eng, name, parent=eng.name) for name in eng.adapter_names]
         return {"object": "list", "data": [{**base, "meta": meta}, *adapters]}
+
+    add_extra_routes(app, lambda: _engine(app), lambda eng: _served_names(eng, settings))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: schemas.ChatCompletionRequest, request: Request) -> Response:

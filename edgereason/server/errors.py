@@ -74,7 +74,8 @@ ERROR_TABLE: tuple[tuple[type[BaseException], ErrorKind], ...] = (
     (ContextOverflowError, ErrorKind(400, "exceed_context_size_error", "context_length_exceeded")),
     (InvalidRequestError, ErrorKind(400, "invalid_request_error", None)),
     (ChatTemplateError, ErrorKind(400, "invalid_request_error", "chat_template_error")),
-    (AuthenticationError, ErrorKind(401, "authentication_error", "invalid_api_key")),
+    # OpenAI answers a wrong key with type invalid_request_error, code invalid_api_key.
+    (AuthenticationError, ErrorKind(401, "invalid_request_error", "invalid_api_key")),
     (ModelNotFoundError, ErrorKind(404, "invalid_request_error", "model_not_found")),
     (UnknownAdapterError, ErrorKind(404, "invalid_request_error", "model_not_found")),
     (AdapterManagementDisabledError, ErrorKind(404, "not_found_error", "lora_runtime_disabled")),

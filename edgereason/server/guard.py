@@ -31,6 +31,7 @@ from .errors import (
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, OpenAI-Organization, OpenAI-Project, X-Stainless-Lang"
 CORS_MAX_AGE_S = 600
+KEYED_PREFIXES = ("/v1", "/tokenize", "/detokenize", "/props")
 DRAIN_MAX_BYTES = 64 * 2**20  # a refused body is read and dropped up to this much, then the connection closes
 # A \uD800-\uDFFF escape in the raw body: only then is it worth parsing to look for a lone surrogate.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -130,7 +131,7 @@ class Gate:
             if scope["method"] == "OPTIONS" and "origin" in headers:  # a CORS preflight we allow
                 await Response(status_code=204, headers=_preflight_headers())(scope, receive, tracking_send)
                 return
-            if self.key is not None and scope["path"].startswith("/v1") and not self._authorized(headers):
+            if self.key is not None and _needs_key(scope["path"]) and not self._authorized(headers):
                 refusal = AuthenticationError(
                     "invalid or missing API key; send 'Authorization: Bearer <key>'"
                 )
@@ -231,6 +232,11 @@ async def _discard(receive: Receive, budget: int = DRAIN_MAX_BYTES) -> None:
         if message["type"] != "http.request" or not message.get("more_body", False):
             return
         budget -= len(message.get("body", b""))
+
+
+def _needs_key(path: str) -> bool:
+    """/v1 and llama-server's model routes need the API key; /health, /metrics, /version do not."""
+    return path.startswith(KEYED_PREFIXES)
 
 
 def _headers(scope: Scope) -> dict[str, str]:

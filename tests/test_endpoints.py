@@ -1,0 +1,159 @@
+"""The routes clients probe beside the OpenAI ones, on a real `edgereason serve` process: one model by id,
+/tokenize, /detokenize, /props, /version, `created`, and the 401 shape; compared field by field with the
+llama-server built from the same llama.cpp when that binary is cached."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from edgereason import peer
+from edgereason.models import embedded_model_path
+from tests.test_server import N_CTX, Server, _start
+
+KEY = "s3cret"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+SLOTS = 2
+# Plain text, a control token's text, multi-byte characters (one emoji spans several byte tokens).
+TEXTS = ["Hello world", "<|im_start|>user\nhi<|im_end|>", "héllo 🙂 naïve"]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    started = int(time.time())
+    for srv in _start("--max-sequences", str(SLOTS), "--alias", "smol", "--api-key", KEY):
+        srv.started = started  # type: ignore[attr-defined]
+        yield srv
+
+
+def _post(server: Server, path: str, body: dict[str, object]) -> httpx.Response:
+    return httpx.post(f"{server.base}{path}", json=body, headers=AUTH, timeout=30)
+
+
+def test_models_created_and_retrieve(server: Server) -> None:
+    client = server.client(api_key=KEY)
+    listed = client.models.list().data
+    assert [m.id for m in listed] == ["smol"]
+    assert server.started - 60 <= listed[0].created <= time.time()  # type: ignore[attr-defined]
+    got = client.models.retrieve("smol")
+    assert (got.id, got.object, got.owned_by, got.created) == (
+        "smol",
+        "model",
+        "edgereason",
+        listed[0].created,
+    )
+    assert client.models.retrieve("default").id == "default"  # an alias the server answers to
+
+
+def test_unknown_model_is_openai_404(server: Server) -> None:
+    with pytest.raises(openai.NotFoundError) as e:
+        server.client(api_key=KEY).models.retrieve("org/not-here")
+    assert isinstance(e.value.body, dict)
+    assert e.value.body == {
+        "message": "the model 'org/not-here' does not exist; this server serves 'smol'",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
+
+
+def test_wrong_key_is_openai_401(server: Server) -> None:
+    with pytest.raises(openai.AuthenticationError) as e:
+        server.client(api_key="wrong").models.retrieve("smol")
+    assert isinstance(e.value.body, dict)
+    assert (e.value.body["type"], e.value.body["code"]) == ("invalid_request_error", "invalid_api_key")
+    # llama-server keys its tokenizer and props routes too; health, metrics and version stay open.
+    for path in ("/tokenize", "/detokenize"):
+        assert httpx.post(f"{server.base}{path}", json={}).status_code == 401
+    assert httpx.get(f"{server.base}/props").status_code == 401
+    assert httpx.get(f"{server.base}/version").status_code == 200
+
+
+def test_tokenize_round_trip(server: Server) -> None:
+    r = _post(server, "/tokenize", {"content": "Hello world"})
+    assert r.status_code == 200
+    tokens = r.json()["tokens"]
+    assert len(tokens) == 2 and all(isinstance(t, int) for t in tokens)
+    with_pieces = _post(server, "/tokenize", {"content": "Hello world", "with_pieces": True}).json()["tokens"]
+    assert [p["id"] for p in with_pieces] == tokens
+    assert "".join(p["piece"] for p in with_pieces) == "Hello world"
+    assert _post(server, "/detokenize", {"tokens": tokens}).json() == {"content": "Hello world"}
+    # Control-token text is one control token unless parse_special is false.
+    special = _post(server, "/tokenize", {"content": "<|im_end|>"}).json()["tokens"]
+    literal = _post(server, "/tokenize", {"content": "<|im_end|>", "parse_special": False}).json()["tokens"]
+    assert len(special) == 1 and len(literal) > 1
+    assert _post(server, "/detokenize", {"tokens": special}).json() == {"content": "<|im_end|>"}
+    assert _post(server, "/tokenize", {}).json() == {"tokens": []}
+
+
+def test_tokenize_bad_input_is_400(server: Server) -> None:
+    r = _post(server, "/detokenize", {"tokens": [10**8]})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "tokens" and "outside the vocabulary" in r.json()["error"]["message"]
+    r = _post(server, "/tokenize", {"content": "x", "bogus": 1})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert _post(server, "/tokenize", {"content": 5}).status_code == 400
+
+
+def test_props_and_version(server: Server) -> None:
+    r = httpx.get(f"{server.base}/props", headers=AUTH)
+    assert r.status_code == 200
+    props = r.json()
+    assert props["total_slots"] == SLOTS
+    assert props["default_generation_settings"]["n_ctx"] == N_CTX
+    assert props["default_generation_settings"]["params"]["temperature"] == 0.7
+    assert props["model_alias"] == "smol"
+    assert props["model_path"] == embedded_model_path().name  # the file's name, not the server's layout
+    models = server.client(api_key=KEY).models.list().data[0]
+    assert props["chat_template"] == (models.model_extra or {})["meta"]["chat_template"]
+    assert (props["bos_token"], props["eos_token"]) == ("<|im_start|>", "<|im_end|>")
+    version = httpx.get(f"{server.base}/version").json()
+    import edgereason
+
+    assert version["version"] == edgereason.__version__
+    assert version["llama_cpp_python"] == peer.llama_cpp_python_version()
+
+
+@pytest.fixture(scope="module")
+def llama_server() -> Iterator[str]:
+    binary = peer.find_llama_server()
+    if binary is None:
+        pytest.skip("llama-server is not built: " + peer.how_to_build())
+    model = Path(embedded_model_path())
+    with peer.start_llama_server(model, threads=1, ctx_per_slot=N_CTX, slots=SLOTS, binary=binary) as srv:
+        yield srv.base_url
+
+
+def test_tokenizer_routes_match_llama_server(server: Server, llama_server: str) -> None:
+    for text in TEXTS:
+        for body in (
+            {"content": text},
+            {"content": text, "with_pieces": True},
+            {"content": text, "add_special": True},
+            {"content": text, "parse_special": False},
+        ):
+            ours = _post(server, "/tokenize", body).json()
+            theirs = httpx.post(f"{llama_server}/tokenize", json=body, timeout=30).json()
+            assert ours == theirs, body
+        tokens = _post(server, "/tokenize", {"content": text}).json()["tokens"]
+        ours = _post(server, "/detokenize", {"tokens": tokens}).json()
+        assert ours == httpx.post(f"{llama_server}/detokenize", json={"tokens": tokens}).json()
+
+
+def test_props_match_llama_server(server: Server, llama_server: str) -> None:
+    ours = httpx.get(f"{server.base}/props", headers=AUTH).json()
+    theirs = httpx.get(f"{llama_server}/props").json()
+    for key in ("total_slots", "chat_template", "bos_token", "eos_token", "model_ftype"):
+        assert ours[key] == theirs[key], key
+    assert ours["model_path"] == Path(theirs["model_path"]).name
+    assert set(ours) - {"edgereason"} <= set(theirs)
+    ours_gen, theirs_gen = ours["default_generation_settings"], theirs["default_generation_settings"]
+    assert ours_gen["n_ctx"] == theirs_gen["n_ctx"]  # both per slot
+    assert set(ours_gen["params"]) <= set(theirs_gen["params"])
+    for key in ("top_k", "repeat_last_n", "repeat_penalty", "max_tokens", "n_predict", "n_probs", "seed"):
+        assert ours_gen["params"][key] == theirs_gen["params"][key], key
