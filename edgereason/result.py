@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,10 +29,27 @@ class TokenLogprob:
 
 @dataclass
 class Usage:
+    """Token counts of one request. ``completion_tokens`` counts every token generated for it: the
+    choices' own (``reasoning_tokens`` among them) and the early-exit probes' (``probe_tokens``: each
+    forked trial prefix and trial answer, decoded beside the choice but never part of its text)."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reasoning_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens whose KV was reused from an earlier request (not decoded)
+    probe_tokens: int = 0
+
+    @classmethod
+    def of_choices(cls, prompt_tokens: int, choices: Sequence[Choice], cached_tokens: int = 0) -> Usage:
+        """The usage of a request whose generated tokens are those of ``choices`` and their probes."""
+        probes = sum(choice_probe_tokens(c) for c in choices)
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=sum(c.completion_tokens for c in choices) + probes,
+            reasoning_tokens=sum(c.reasoning_tokens for c in choices),
+            cached_tokens=cached_tokens,
+            probe_tokens=probes,
+        )
 
     @property
     def total_tokens(self) -> int:
@@ -43,7 +61,10 @@ class Usage:
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
             "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
-            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+            "completion_tokens_details": {
+                "reasoning_tokens": self.reasoning_tokens,
+                "probe_tokens": self.probe_tokens,
+            },
         }
 
 
@@ -59,6 +80,11 @@ class Choice:
     thinking_stopped_by: str | None = None
     logprobs: list[TokenLogprob] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def choice_probe_tokens(choice: Choice) -> int:
+    """Tokens the choice's early-exit probes decoded (0 without probes); not in ``completion_tokens``."""
+    return int(choice.extra.get("probe_tokens", 0))
 
 
 @dataclass

@@ -30,7 +30,8 @@ _SLOT_PROBE = "What is 1 + 1?"
 @dataclass(frozen=True)
 class ItemRecord:
     """One item under one strategy. ``samples``: generations run (sc: samples used; lorid: 3 per
-    iteration, IR + KG + DR). Token counts cover every generation of the item."""
+    iteration, IR + KG + DR). Token counts cover every generation of the item; ``probe_tokens`` are
+    those of early-exit probes (trial prefixes and answers), outside reasoning and answer tokens."""
 
     strategy: str
     id: str
@@ -47,6 +48,12 @@ class ItemRecord:
     difficulty: str | None = None
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    probe_tokens: int = 0
+
+    @property
+    def tokens(self) -> int:
+        """Every token generated for the item: reasoning, answer and probes."""
+        return self.reasoning_tokens + self.answer_tokens + self.probe_tokens
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,7 +126,8 @@ def _record(spec: StrategySpec, item: EvalItem, res: ChatResult, wall: float) ->
         answer=answer,
         correct=answer is not None and answers_equal(answer, item.gold),
         reasoning_tokens=res.usage.reasoning_tokens,
-        answer_tokens=res.usage.completion_tokens - res.usage.reasoning_tokens,
+        answer_tokens=res.usage.completion_tokens - res.usage.reasoning_tokens - res.usage.probe_tokens,
+        probe_tokens=res.usage.probe_tokens,
         samples=samples,
         wall_s=round(wall, 4),
         thinking_stopped_by=choice.thinking_stopped_by,

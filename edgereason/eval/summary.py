@@ -63,8 +63,9 @@ def paired_difference(
     base: Sequence[ItemRecord], other: Sequence[ItemRecord], base_label: str
 ) -> dict[str, Any] | None:
     """``other`` against ``base`` on the items both ran (None when they share none): accuracy difference
-    with its paired 95% interval, and the relative change of mean reasoning and total tokens (over the
-    shared items both answered without an error)."""
+    with its paired 95% interval, and the relative change of mean reasoning tokens (early-exit probe
+    tokens included: they are the cost of stopping early) and of all tokens (over the shared items both
+    answered without an error)."""
     by_id = {r.id: r for r in base}
     pairs = [(by_id[r.id], r) for r in other if r.id in by_id]
     if not pairs:
@@ -76,11 +77,11 @@ def paired_difference(
     clean = [(b, o) for b, o in pairs if b.error is None and o.error is None]
     olds, news = [b for b, _ in clean], [o for _, o in clean]
 
-    def reasoning(rs: list[ItemRecord]) -> int:
-        return sum(r.reasoning_tokens for r in rs)
+    def reasoning(rs: list[ItemRecord]) -> int:  # probes are the price of stopping early: counted here
+        return sum(r.reasoning_tokens + r.probe_tokens for r in rs)
 
     def total(rs: list[ItemRecord]) -> int:
-        return sum(r.reasoning_tokens + r.answer_tokens for r in rs)
+        return sum(r.tokens for r in rs)
 
     n = len(pairs)
     return {
@@ -126,7 +127,8 @@ def summarize_records(records: Sequence[ItemRecord], wall_s: float | None = None
         "ci95": [round(lo, 4), round(hi, 4)],
         "mean_reasoning_tokens": _mean([r.reasoning_tokens for r in ok]),
         "mean_answer_tokens": _mean([r.answer_tokens for r in ok]),
-        "mean_tokens": _mean([r.reasoning_tokens + r.answer_tokens for r in ok]),
+        "mean_probe_tokens": _mean([r.probe_tokens for r in ok]),
+        "mean_tokens": _mean([r.tokens for r in ok]),
         "mean_samples": _mean([r.samples for r in ok]),
         "wall_s": round(wall_s if wall_s is not None else sum(r.wall_s for r in records), 2),
         "mean_item_wall_s": _mean([r.wall_s for r in records]),
@@ -255,9 +257,9 @@ def markdown_table(summary: dict[str, Any]) -> str:
     baseline = next((r["vs_baseline"]["vs"] for r in rows.values() if r.get("vs_baseline")), None)
     versus = f"vs {baseline}, same items: Δ accuracy [95% CI]" if baseline else "Δ accuracy"
     lines = [
-        f"| strategy | accuracy % [95% CI] | n | mean tokens | reasoning tokens | samples | wall s | {versus} "
-        "| Δ reasoning tokens |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| strategy | accuracy % [95% CI] | n | mean tokens | reasoning tokens | probe tokens | samples "
+        f"| wall s | {versus} | Δ reasoning + probe tokens |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, row in rows.items():
         lo, hi = row["ci95"]
@@ -265,7 +267,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
         n = f"{row['n']} of {total}" if total and row["n"] < total else str(row["n"])
         lines.append(
             f"| {label} | {100 * row['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]{errors} | {n} | "
-            f"{row['mean_tokens']:.1f} | {row['mean_reasoning_tokens']:.1f} | {row['mean_samples']:.2f} | "
+            f"{row['mean_tokens']:.1f} | {row['mean_reasoning_tokens']:.1f} | "
+            f"{row.get('mean_probe_tokens', 0.0):.1f} | {row['mean_samples']:.2f} | "
             f"{row['wall_s']:.0f} | " + " | ".join(_paired_cells(row.get("vs_baseline"))) + " |"
         )
     if meta:

@@ -198,6 +198,7 @@ class Probe:
     seq: Seq | None = None
 
     def on_token(self, seq: Seq, token: int, text: str, logprobs: TopLogprobs | None) -> None:
+        self.owner.probe_tokens += 1  # sampled for the probe: counted in usage like any generated token
         if self.sched.backend.is_eog(token):
             return self._done(seq)
         stop = "}" in text if self.stop_at_brace else ("\n" in text and self.text.strip() != "")
@@ -241,6 +242,7 @@ class ThinkingController:
         self.guard = LoopGuard() if use_guard else None
         self.probes: list[ProbeRecord] = []
         self.probe: Probe | None = None
+        self.probe_tokens = 0  # tokens the probes decoded (trial prefixes) and sampled (trial answers)
         self._withheld: _Withheld | None = None
         self._main: Seq | None = None
         self._decoder: ChoiceDecoder | None = None
@@ -308,6 +310,7 @@ class ThinkingController:
         if self.auto:
             out["early_exit_probe_count"] = len(self.probes)
             out["early_exit_probes"] = [p.to_dict() for p in self.probes]
+            out["probe_tokens"] = self.probe_tokens
         if self.waits:
             out["thinking_waits"] = self.waits
         if self.loop_reason:
@@ -384,6 +387,7 @@ class ThinkingController:
             self, sched, self.opts.early_exit_probe_tokens, stop_at_brace=self.prefix.rstrip().endswith("{")
         )
         probe.seq = sched.fork(seq, probe, SamplingParams(), pending=prefix, top_logprobs=0)
+        self.probe_tokens += len(prefix)
         self.probe = probe
         self._decoder = d
         sched.pause(seq)

@@ -330,10 +330,5 @@ class GenerateJob(Job):
         if self.done:
             return
         choices = [d.to_choice() for d in self.decoders]
-        usage = Usage(
-            prompt_tokens=len(self.prompt.tokens),
-            completion_tokens=sum(c.completion_tokens for c in choices),
-            reasoning_tokens=sum(c.reasoning_tokens for c in choices),
-            cached_tokens=self.cached_tokens,
-        )
+        usage = Usage.of_choices(len(self.prompt.tokens), choices, self.cached_tokens)
         self.complete(ChatResult(choices=choices, usage=usage, model=self.model))

@@ -293,12 +293,7 @@ class SelfConsistencyJob(Job):
         if best is not None:
             choice.answer = result.winner if result.winner is not None else choice.answer
         decoders_tokens = [r.choice for r in self.finished] + [d.to_choice() for d in self.cancelled]
-        usage = Usage(
-            prompt_tokens=len(self.prompt.tokens),
-            completion_tokens=sum(c.completion_tokens for c in decoders_tokens),
-            reasoning_tokens=sum(c.reasoning_tokens for c in decoders_tokens),
-            cached_tokens=self.cached_tokens,
-        )
+        usage = Usage.of_choices(len(self.prompt.tokens), decoders_tokens, self.cached_tokens)
         report = {
             "answer": result.winner,
             "votes": {a: (int(v) if not weighted else round(v, 4)) for a, v in result.votes.items()},
