@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from .chat.reasoning import Channel
 
-FinishReason = Literal["stop", "length", "cancelled", "error"]
+FinishReason = Literal["stop", "length", "cancelled", "error", "tool_calls"]
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,30 @@ class Chunk:
     channel: Channel
     text: str
     index: int = 0
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function call the model made (OpenAI's ``tool_calls[]``): ``arguments`` is a JSON object text."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+@dataclass(frozen=True)
+class ToolCallChunk(Chunk):
+    """A streamed tool call, sent once complete; ``position`` is its index among the choice's calls."""
+
+    call: ToolCall | None = None
+    position: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,6 +104,7 @@ class Choice:
     thinking_stopped_by: str | None = None
     logprobs: list[TokenLogprob] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
 
 def choice_probe_tokens(choice: Choice) -> int:
@@ -116,6 +141,10 @@ class ChatResult:
     def thinking_stopped_by(self) -> str | None:
         return self.choices[0].thinking_stopped_by
 
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return self.choices[0].tool_calls
+
     def to_dict(self) -> dict[str, Any]:
         c = self.choices[0]
         return {
@@ -127,6 +156,7 @@ class ChatResult:
             "answer_confidence": c.extra.get("answer_confidence"),
             "think_answer_mismatch": c.extra.get("think_answer_mismatch"),
             "usage": self.usage.to_dict(),
+            **({"tool_calls": [t.to_dict() for t in c.tool_calls]} if c.tool_calls else {}),
             **({"choices": [_choice_dict(x) for x in self.choices]} if len(self.choices) > 1 else {}),
             **self.extra,
         }
@@ -141,4 +171,5 @@ def _choice_dict(c: Choice) -> dict[str, Any]:
         "finish_reason": c.finish_reason,
         "answer_confidence": c.extra.get("answer_confidence"),
         "think_answer_mismatch": c.extra.get("think_answer_mismatch"),
+        **({"tool_calls": [t.to_dict() for t in c.tool_calls]} if c.tool_calls else {}),
     }

@@ -79,7 +79,45 @@ def validate_messages(messages: Sequence[Any]) -> list[dict[str, Any]]:
         msg = {"role": "system" if role == "developer" else role, "content": content}
         if role == "assistant" and isinstance(m.get("reasoning_content"), str):
             msg["reasoning_content"] = m["reasoning_content"]
+        if role == "assistant" and m.get("tool_calls"):
+            msg["tool_calls"] = _tool_calls(m["tool_calls"], i)
+        if role == "tool":
+            for key in ("tool_call_id", "name"):
+                if isinstance(m.get(key), str):
+                    msg[key] = m[key]
         out.append(msg)
+    return out
+
+
+def _tool_calls(calls: Any, i: int) -> list[dict[str, Any]]:
+    """An assistant message's OpenAI ``tool_calls``, arguments decoded to objects (as templates expect)."""
+    where = f"messages[{i}].tool_calls"
+    if not isinstance(calls, list):
+        raise InvalidRequestError(f"{where} must be a list", param="messages")
+    out = []
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if not isinstance(name, str) or not name:
+            raise InvalidRequestError(
+                f"{where}[{j}] must be {{id, type, function: {{name, arguments}}}}", param="messages"
+            )
+        args = fn.get("arguments", {})  # type: ignore[union-attr]
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except ValueError:
+                raise InvalidRequestError(
+                    f"{where}[{j}].function.arguments is not valid JSON", param="messages"
+                ) from None
+        if not isinstance(args, dict):
+            raise InvalidRequestError(
+                f"{where}[{j}].function.arguments must be a JSON object", param="messages"
+            )
+        entry: dict[str, Any] = {"type": "function", "function": {"name": name, "arguments": args}}
+        if isinstance(call.get("id"), str):
+            entry["id"] = call["id"]
+        out.append(entry)
     return out
 
 
@@ -91,14 +129,16 @@ def render_chat(
     eos_token: str = "",
     add_generation_prompt: bool = True,
     enable_thinking: bool | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
-    """Render ``messages`` with a jinja chat template, passing what transformers passes."""
+    """Render ``messages`` with a jinja chat template, passing what transformers passes (``tools``: OpenAI
+    tool objects, for templates that read them)."""
     variables: dict[str, Any] = {
         "messages": list(messages),
         "add_generation_prompt": add_generation_prompt,
         "bos_token": bos_token,
         "eos_token": eos_token,
-        "tools": None,
+        "tools": tools or None,
         "documents": None,
     }
     if enable_thinking is not None:
