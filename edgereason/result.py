@@ -13,11 +13,14 @@ FinishReason = Literal["stop", "length", "cancelled", "error", "tool_calls"]
 
 @dataclass(frozen=True)
 class Chunk:
-    """A piece of streamed output. ``index`` is the choice it belongs to (``n`` > 1)."""
+    """A piece of streamed output. ``index`` is the choice it belongs to (``n`` > 1). ``logprobs``: the
+    tokens recorded since the previous chunk of this choice (when the request asked for logprobs); text a
+    stop string or the channel splitter held back arrives later, with the tokens that released it."""
 
     channel: Channel
     text: str
     index: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,10 @@ llama-server built from the same llama.cpp when that binary is cached."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -14,7 +16,8 @@ import pytest
 
 from edgereason import peer
 from edgereason.models import embedded_model_path
-from tests.test_server import N_CTX, Server, _start
+from edgereason.server.app import KEEP_ALIVE_COMMENT, _keep_alive
+from tests.test_server import N_CTX, QUESTION, Server, _start
 
 KEY = "s3cret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -26,7 +29,8 @@ TEXTS = ["Hello world", "<|im_start|>user\nhi<|im_end|>", "héllo 🙂 naïve"]
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
     started = int(time.time())
-    for srv in _start("--max-sequences", str(SLOTS), "--alias", "smol", "--api-key", KEY):
+    flags = ("--max-sequences", str(SLOTS), "--alias", "smol", "--api-key", KEY, "--sse-keepalive-s", "0.2")
+    for srv in _start(*flags):
         srv.started = started  # type: ignore[attr-defined]
         yield srv
 
@@ -157,3 +161,88 @@ def test_props_match_llama_server(server: Server, llama_server: str) -> None:
     assert set(ours_gen["params"]) <= set(theirs_gen["params"])
     for key in ("top_k", "repeat_last_n", "repeat_penalty", "max_tokens", "n_predict", "n_probs", "seed"):
         assert ours_gen["params"][key] == theirs_gen["params"][key], key
+
+
+# -- streaming: per-token logprobs, keep-alive comments ----------------------------------------------
+def _sse_events(
+    server: Server, path: str, body: dict[str, object]
+) -> tuple[list[dict[str, object]], list[str]]:
+    """The data events (parsed) and the comment lines of one streamed request."""
+    events, comments = [], []
+    with httpx.stream("POST", f"{server.base}{path}", json=body, headers=AUTH, timeout=120) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith(":"):
+                comments.append(line)
+            elif line.startswith("data: ") and line != "data: [DONE]":
+                events.append(json.loads(line[len("data: ") :]))
+    return events, comments
+
+
+def test_chat_stream_carries_logprobs_per_chunk(server: Server) -> None:
+    body = {"messages": QUESTION, "max_tokens": 8, "temperature": 0, "logprobs": True, "top_logprobs": 2}
+    whole = server.client(api_key=KEY).chat.completions.create(model="smol", **body)  # type: ignore[call-overload]
+    events, _ = _sse_events(server, "/v1/chat/completions", {**body, "stream": True})
+    text_chunks = [e["choices"][0] for e in events if e["choices"][0]["delta"].get("content")]  # type: ignore[index]
+    carried = [c["logprobs"]["content"] for c in text_chunks if c["logprobs"]]
+    assert len(carried) >= len(text_chunks) - 1 >= 3  # not all held for the last chunk
+    last = events[-1]["choices"][0]  # type: ignore[index]
+    streamed = [t for part in carried for t in part] + (last["logprobs"] or {"content": []})["content"]
+    assert whole.choices[0].logprobs is not None and whole.choices[0].logprobs.content is not None
+    expected = [(t.token, t.logprob, len(t.top_logprobs)) for t in whole.choices[0].logprobs.content]
+    assert [(t["token"], t["logprob"], len(t["top_logprobs"])) for t in streamed] == expected
+    assert len(expected) == 8
+    # Each chunk's tokens spell (at least) the text it carries, in order.
+    assert "".join(t["token"] for t in streamed).startswith(whole.choices[0].message.content or "")
+
+
+def test_completion_stream_carries_logprobs_per_chunk(server: Server) -> None:
+    body = {"prompt": "The capital of France is", "max_tokens": 6, "temperature": 0, "logprobs": 1}
+    events, _ = _sse_events(server, "/v1/completions", {**body, "stream": True})
+    parts = [e["choices"][0]["logprobs"] for e in events if e["choices"] and e["choices"][0]["logprobs"]]  # type: ignore[index]
+    assert len(parts) >= 3
+    tokens = [t for p in parts for t in p["tokens"]]
+    offsets = [o for p in parts for o in p["text_offset"]]
+    assert len(tokens) == 6
+    assert offsets == [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]  # continuous over chunks
+    whole = httpx.post(f"{server.base}/v1/completions", json=body, headers=AUTH, timeout=60).json()
+    assert whole["choices"][0]["logprobs"]["tokens"] == tokens
+
+
+def test_silent_strategy_stream_sends_keep_alive(server: Server) -> None:
+    body = {
+        "messages": QUESTION,
+        "max_tokens": 48,
+        "temperature": 0.7,
+        "seed": 1,
+        "self_consistency": {"samples": 2},
+        "stream": True,
+    }
+    events, comments = _sse_events(server, "/v1/chat/completions", body)
+    assert comments and set(comments) == {KEEP_ALIVE_COMMENT.strip()}
+    assert events[-1]["choices"][0]["finish_reason"] in ("stop", "length")  # type: ignore[index]
+    # The official client reads through the comments.
+    stream = server.client(api_key=KEY).chat.completions.create(
+        model="smol",
+        messages=QUESTION,  # type: ignore[arg-type]
+        max_tokens=48,
+        seed=1,
+        stream=True,
+        extra_body={"self_consistency": {"samples": 2}},
+    )
+    assert [c for c in stream if c.choices and c.choices[0].finish_reason]
+
+
+def test_keep_alive_wrapper() -> None:
+    async def slow() -> AsyncIterator[str]:
+        await asyncio.sleep(0.35)
+        yield "data: 1\n\n"
+        yield "data: 2\n\n"
+
+    async def collect(interval: float) -> list[str]:
+        return [line async for line in _keep_alive(slow(), interval)]
+
+    got = asyncio.run(collect(0.1))
+    assert got[-2:] == ["data: 1\n\n", "data: 2\n\n"] and 2 <= len(got) - 2 <= 4
+    assert set(got[:-2]) == {KEEP_ALIVE_COMMENT}
+    assert asyncio.run(collect(0)) == ["data: 1\n\n", "data: 2\n\n"]

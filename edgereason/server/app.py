@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 DISCONNECT_POLL_S = 0.25
 DEFAULT_MODEL_ALIASES = ("default",)
 WATCHDOG_INTERVAL_S = 1.0
+KEEP_ALIVE_COMMENT = ": keep-alive\n\n"
 EXIT_ENGINE_STOPPED = 3  # serve()'s exit status when the engine died: a supervisor restarts the process
 
 
@@ -114,7 +116,8 @@ def create_app(engine: Engine | None, settings: ServerSettings | None = None) ->
         id_, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse_response(_sse_chat(stream, opts.n, id_, created, model, include_usage, timer))
+            events = _sse_chat(stream, opts.n, id_, created, model, include_usage, timer)
+            return _sse_response(_keep_alive(events, settings.sse_keepalive_s))
         return await _json_response(request, stream, schemas.chat_completion, id_, created, model, timer)
 
     @app.post("/v1/completions")
@@ -128,7 +131,8 @@ def create_app(engine: Engine | None, settings: ServerSettings | None = None) ->
         id_, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse_response(_sse_text(stream, id_, created, model, include_usage, timer))
+            events = _sse_text(stream, id_, created, model, include_usage, timer)
+            return _sse_response(_keep_alive(events, settings.sse_keepalive_s))
         return await _json_response(request, stream, schemas.text_completion, id_, created, model, timer)
 
     @app.post("/v1/load_lora_adapter")
@@ -328,6 +332,33 @@ async def _json_response(
     return JSONResponse(render(result, id_=id_, created=created, model=model))
 
 
+async def _keep_alive(events: AsyncIterator[str], interval: float) -> AsyncIterator[str]:
+    """``events``, with an SSE comment after every ``interval`` s of silence (0: none): self-consistency
+    and LoRID stream nothing until they finish, and proxies cut idle connections (often after 60 s)."""
+    it = events.__aiter__()
+    pending: asyncio.Future[str] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(it.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=interval or None)
+            if not done:
+                yield KEEP_ALIVE_COMMENT
+                continue
+            try:
+                line = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield line
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pending  # the inner generator runs its own cleanup (cancels the request)
+        await it.aclose()  # type: ignore[attr-defined]
+
+
 def _sse(body: dict[str, Any]) -> str:
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
@@ -392,9 +423,12 @@ def _sse_chat(
     def head() -> list[str]:
         return [chunk([choice(i, {"role": "assistant", "content": ""})]) for i in range(n)]
 
+    streamed: dict[int, int] = {}  # choice -> logprobs its chunks carried
+
     def piece(c: Chunk) -> str:
         key = "reasoning_content" if c.channel == "reasoning" else "content"
-        return chunk([choice(c.index, {key: c.text})])
+        streamed[c.index] = streamed.get(c.index, 0) + len(c.logprobs)
+        return chunk([choice(c.index, {key: c.text}, logprobs=schemas.chat_logprobs(c.logprobs or None))])
 
     def tail(result: ChatResult) -> list[str]:
         lines = [
@@ -403,7 +437,9 @@ def _sse_chat(
                     choice(
                         c.index,
                         {},
-                        logprobs=schemas.chat_logprobs(c.logprobs),
+                        logprobs=schemas.chat_logprobs(
+                            (c.logprobs or [])[streamed.get(c.index, 0) :] or None
+                        ),
                         finish_reason=schemas.finish_reason(c),
                     )
                 ],
@@ -422,16 +458,20 @@ def _sse_text(
     stream: ChatStream, id_: str, created: int, model: str, include_usage: bool, timer: RequestTimer
 ) -> AsyncIterator[str]:
     chunk = _chunk_maker("text_completion", id_, created, model, include_usage)
+    streamed: dict[int, tuple[int, int]] = {}  # choice -> (logprobs its chunks carried, their text length)
 
     def piece(c: Chunk) -> str:
         text, reasoning = (c.text, None) if c.channel == "content" else ("", c.text)
+        count, offset = streamed.get(c.index, (0, 0))
+        logprobs = schemas.completion_logprobs(c.logprobs or None, offset)
+        streamed[c.index] = (count + len(c.logprobs), offset + sum(len(t.token) for t in c.logprobs))
         return chunk(
             [
                 {
                     "index": c.index,
                     "text": text,
                     "reasoning_content": reasoning,
-                    "logprobs": None,
+                    "logprobs": logprobs,
                     "finish_reason": None,
                 }
             ]
@@ -444,7 +484,10 @@ def _sse_text(
                     {
                         "index": c.index,
                         "text": "",
-                        "logprobs": schemas.completion_logprobs(c.logprobs),
+                        "logprobs": schemas.completion_logprobs(
+                            (c.logprobs or [])[streamed.get(c.index, (0, 0))[0] :] or None,
+                            streamed.get(c.index, (0, 0))[1],
+                        ),
                         "finish_reason": schemas.finish_reason(c),
                     }
                 ],

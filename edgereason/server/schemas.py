@@ -7,6 +7,7 @@ to ``GenerationOptions`` by name so new options need no server change.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -247,7 +248,7 @@ def _token_entry(token: str, logprob: float) -> dict[str, Any]:
     return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
 
 
-def chat_logprobs(logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None:
+def chat_logprobs(logprobs: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:
     if logprobs is None:
         return None
     return {
@@ -258,10 +259,11 @@ def chat_logprobs(logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None:
     }
 
 
-def completion_logprobs(logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None:
+def completion_logprobs(logprobs: Sequence[TokenLogprob] | None, start: int = 0) -> dict[str, Any] | None:
+    """Completions' logprobs; ``start``: the text offset of the first token (a stream's later chunks)."""
     if logprobs is None:
         return None
-    offsets, pos = [], 0
+    offsets, pos = [], start
     for t in logprobs:
         offsets.append(pos)
         pos += len(t.token)

@@ -93,6 +93,12 @@ class ServerSettings(BaseSettings):
         description="seconds with work queued and no decode progress before the engine counts as wedged: "
         "/health answers 503 and the server exits with status 3 for a supervisor to restart it",
     )
+    sse_keepalive_s: float = Field(
+        default=15.0,
+        ge=0,
+        description="seconds of silence in a stream before a ': keep-alive' SSE comment (0: never); "
+        "self-consistency and LoRID send nothing until they finish, and proxies cut idle connections",
+    )
     retry_after: int = Field(
         default=1, ge=0, description="seconds suggested in Retry-After when the queue is full"
     )

@@ -99,6 +99,7 @@ class ChoiceDecoder:
     token_logprobs: list[TokenLogprob] | None = None
     logprob_values: list[float] = field(default_factory=list)  # every sampled token's logprob, when recorded
     logprob_texts: list[str] = field(default_factory=list)  # the text of each token in logprob_values
+    logprobs_streamed: int = 0  # token_logprobs already sent with a chunk
     seq: Seq | None = None
     thinking: ThinkingController | None = field(init=False, default=None)  # budgets, early exit, loop guard
 
@@ -202,7 +203,15 @@ class ChoiceDecoder:
         for channel, text in parts:
             (self.reasoning if channel == "reasoning" else self.content).append(text)
             if self.stream:
-                self.job.emit(Chunk(channel, text, self.index))  # type: ignore[arg-type]
+                chunk = Chunk(channel, text, self.index, self._unstreamed_logprobs())  # type: ignore[arg-type]
+                self.job.emit(chunk)
+
+    def _unstreamed_logprobs(self) -> tuple[TokenLogprob, ...]:
+        if not self.token_logprobs:
+            return ()
+        new = tuple(self.token_logprobs[self.logprobs_streamed :])
+        self.logprobs_streamed = len(self.token_logprobs)
+        return new
 
     def _record_logprob(self, token: int, lp: TopLogprobs) -> None:
         assert self.token_logprobs is not None
