@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from ..answers import extract_gold
+from ..data_ood import ood_problems
 from ..errors import InvalidRequestError
 from ..evaldata import SPLITS, arith_problems
 
 BUILTIN_ARITH = "arith"
+BUILTIN_ARITH_OOD = "arith-ood"  # independently written phrasing (edgereason.data_ood), test split only
 DEFAULT_ARITH_ITEMS = 300  # arith with no --limit
 QUESTION_KEYS = ("question", "problem", "prompt", "input")
 ANSWER_KEYS = ("answer", "solution", "gold", "target")
@@ -28,7 +30,8 @@ class EvalItem:
 
 
 def load_items(data: str, split: str = "test", limit: int | None = None, seed: int = 0) -> list[EvalItem]:
-    """``arith`` (seeded problems of ``split``) or a JSONL path; at most ``limit`` items, in file order.
+    """``arith`` (seeded problems of ``split``), ``arith-ood`` (test only) or a JSONL path; at most
+    ``limit`` items, in file order.
 
     JSONL lines need a question (``question``/``problem``/``prompt``/``input``) and an answer
     (``answer``/``solution``/``gold``/``target``): a bare value, GSM8K's ``#### 42`` or a MATH
@@ -38,6 +41,8 @@ def load_items(data: str, split: str = "test", limit: int | None = None, seed: i
         raise InvalidRequestError(f"limit must be >= 1, got {limit}", param="limit")
     if data == BUILTIN_ARITH:
         return _arith_items(split, limit or DEFAULT_ARITH_ITEMS, seed)
+    if data == BUILTIN_ARITH_OOD:
+        return _arith_ood_items(split, limit or DEFAULT_ARITH_ITEMS, seed)
     return _jsonl_items(Path(data), limit)
 
 
@@ -47,6 +52,15 @@ def _arith_items(split: str, n: int, seed: int) -> list[EvalItem]:
     return [
         EvalItem(id=f"arith-{split}-{i}", question=p.question, gold=p.answer, difficulty=p.difficulty)
         for i, p in enumerate(arith_problems(n, seed=seed, split=split))  # type: ignore[arg-type]
+    ]
+
+
+def _arith_ood_items(split: str, n: int, seed: int) -> list[EvalItem]:
+    if split != "test":  # written for evaluation only: no train or dev split exists
+        raise InvalidRequestError(f"arith-ood has only a test split, not {split!r}", param="split")
+    return [
+        EvalItem(id=f"arith-ood-{i}", question=p.question, gold=p.answer, difficulty=p.difficulty)
+        for i, p in enumerate(ood_problems(n, seed=seed))
     ]
 
 
