@@ -246,3 +246,21 @@ def test_keep_alive_wrapper() -> None:
     assert got[-2:] == ["data: 1\n\n", "data: 2\n\n"] and 2 <= len(got) - 2 <= 4
     assert set(got[:-2]) == {KEEP_ALIVE_COMMENT}
     assert asyncio.run(collect(0)) == ["data: 1\n\n", "data: 2\n\n"]
+
+
+def test_n_probs_is_llama_servers_top_logprobs(server: Server) -> None:
+    chat = {"messages": QUESTION, "max_tokens": 4, "temperature": 0}
+    by_name = _post(server, "/v1/chat/completions", {**chat, "n_probs": 2}).json()["choices"][0]["logprobs"]
+    openai_way = _post(server, "/v1/chat/completions", {**chat, "logprobs": True, "top_logprobs": 2}).json()
+    assert by_name == openai_way["choices"][0]["logprobs"]
+    assert len(by_name["content"]) == 4 and all(len(t["top_logprobs"]) == 2 for t in by_name["content"])
+    assert (
+        _post(server, "/v1/chat/completions", {**chat, "n_probs": 0}).json()["choices"][0]["logprobs"] is None
+    )
+    text = {"prompt": "The capital of France is", "max_tokens": 3, "temperature": 0}
+    got = _post(server, "/v1/completions", {**text, "n_probs": 3}).json()["choices"][0]["logprobs"]
+    assert got == _post(server, "/v1/completions", {**text, "logprobs": 3}).json()["choices"][0]["logprobs"]
+    assert [len(t) for t in got["top_logprobs"]] == [3, 3, 3]
+    for bad in ({**chat, "n_probs": 3, "logprobs": True, "top_logprobs": 2}, {**chat, "n_probs": 21}):
+        r = _post(server, "/v1/chat/completions", bad)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "n_probs", r.text

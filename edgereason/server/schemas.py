@@ -64,6 +64,9 @@ class _SamplingRequest(BaseModel):
         default=None, description="token id (as a string) -> bias in [-100, 100]"
     )
     repetition_penalty: float | None = Field(default=None, description="vLLM's name for repeat_penalty")
+    n_probs: int | None = Field(
+        default=None, ge=0, le=20, description="llama-server's name: logprobs with this many alternatives"
+    )
 
     def option_fields(self) -> dict[str, Any]:
         """The fields for ``GenerationOptions``: OpenAI ones renamed, extras passed through by name."""
@@ -93,6 +96,16 @@ class _SamplingRequest(BaseModel):
                 )
             out["repeat_penalty"] = self.repetition_penalty
         return out
+
+    def _with_n_probs(self, out: dict[str, Any]) -> dict[str, Any]:
+        """llama-server's n_probs (0: off) as logprobs + top_logprobs; a different top_logprobs is a 400."""
+        if not self.n_probs:
+            return out
+        if out.get("top_logprobs", self.n_probs) != self.n_probs:
+            raise InvalidRequestError(
+                "n_probs and top_logprobs (logprobs) disagree; give one of them", param="n_probs"
+            )
+        return {**out, "logprobs": True, "top_logprobs": self.n_probs}
 
 
 class LoadLoraAdapterRequest(BaseModel):
@@ -161,7 +174,7 @@ class ChatCompletionRequest(_SamplingRequest):
                         "thinking and chat_template_kwargs.enable_thinking disagree", param="thinking"
                     )
                 out["thinking"] = enable
-        return out
+        return self._with_n_probs(out)
 
     def _check_tools(self) -> None:
         """The no-op values other servers accept; anything else is not supported yet (400)."""
@@ -211,7 +224,7 @@ class CompletionRequest(_SamplingRequest):
         if self.logprobs is not None:
             out["logprobs"] = True
             out["top_logprobs"] = self.logprobs
-        return out
+        return self._with_n_probs(out)
 
 
 # -- responses --------------------------------------------------------------------------------------
