@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from pathlib import Path
@@ -10,9 +11,12 @@ import pytest
 
 from edgereason.chat.template import render_chat, validate_messages
 from edgereason.errors import InvalidRequestError
+from edgereason.job import ChatStream, Job
+from edgereason.result import ChatResult, Choice, Chunk, ToolCallChunk, Usage
 from edgereason.tools import (
     ParsedCall,
     ToolCallParser,
+    ToolCallStream,
     ToolFormat,
     detect_tool_format,
     parse_tool_calls,
@@ -285,3 +289,82 @@ def test_bad_assistant_tool_calls_are_refused() -> None:
         validate_messages(bad)
     with pytest.raises(InvalidRequestError, match="tool_calls"):
         validate_messages([{"role": "assistant", "content": "", "tool_calls": [{"function": {}}]}])
+
+
+def _junk(rng: random.Random, depth: int = 0) -> object:
+    leaves = [None, True, 0, -1, 2.5, "", "add", "function", "required", "auto", "{", '{"a": 1}', "object"]
+    kind = rng.randrange(4 if depth < 4 else 1)
+    if kind == 0:
+        return rng.choice(leaves)
+    if kind == 1:
+        return [_junk(rng, depth + 1) for _ in range(rng.randrange(3))]
+    keys = ["type", "function", "name", "parameters", "arguments", "description", "id", "properties"]
+    return {rng.choice(keys): _junk(rng, depth + 1) for _ in range(rng.randrange(4))}
+
+
+def test_junk_tool_fields_raise_only_invalid_request() -> None:
+    """Whatever a client sends as tools, tool_choice or assistant tool_calls: a 400, never a crash."""
+    rng = random.Random(7)
+    accepted = 0
+    for _ in range(3000):
+        tools = rng.choice([_junk(rng), [_junk(rng)], TOOLS, [{"type": "function", "function": _junk(rng)}]])
+        try:
+            req = parse_tool_request(
+                tools,
+                rng.choice([None, "auto", "required", _junk(rng)]),
+                rng.choice([None, True, _junk(rng)]),
+            )
+            fallback_messages(validate_messages(HISTORY), req)
+            accepted += 1
+        except InvalidRequestError:
+            pass
+        calls = rng.choice([_junk(rng), [_junk(rng)], [{"function": _junk(rng)}]])
+        with contextlib.suppress(InvalidRequestError):
+            validate_messages([{"role": "assistant", "content": None, "tool_calls": calls}])
+    assert accepted > 100  # the valid shapes among the junk went through
+
+
+def _scripted_stream(chunks: list[Chunk], choice: Choice, *, emit: bool = True) -> ToolCallStream:
+    job = Job()
+    job.emit_chunks = emit
+    for c in chunks if emit else []:
+        job.events.put(c)
+    job.complete(ChatResult(choices=[choice], usage=Usage()))
+    return ToolCallStream(ChatStream(job), G, NAMES, parallel=True)
+
+
+def _choice(content: str, reasoning: str = "") -> Choice:
+    return Choice(0, content, reasoning, "stop", completion_tokens=1, reasoning_tokens=0)
+
+
+CALL_TEXT = '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>'
+
+
+def test_calls_inside_reasoning_are_reasoning() -> None:
+    reasoning = "I could write " + CALL_TEXT + " but let me think."
+    chunks = [
+        Chunk("reasoning", reasoning[:20]),
+        Chunk("reasoning", reasoning[20:]),
+        Chunk("content", "It is 5."),
+    ]
+    stream = _scripted_stream(chunks, _choice("It is 5.", reasoning))
+    got = list(stream)
+    assert [c.text for c in got if c.channel == "reasoning"] == [reasoning[:20], reasoning[20:]]
+    assert not any(isinstance(c, ToolCallChunk) for c in got)
+    assert stream.result is not None and stream.result.tool_calls == []
+    assert stream.result.reasoning == reasoning and stream.result.content == "It is 5."
+    assert stream.result.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("emit", [True, False])
+def test_streamed_and_whole_results_agree(emit: bool) -> None:
+    content = "Sure. " + CALL_TEXT
+    pieces = [content[i : i + 3] for i in range(0, len(content), 3)]
+    stream = _scripted_stream([Chunk("content", p) for p in pieces], _choice(content, "hm"), emit=emit)
+    got = list(stream)
+    assert stream.result is not None
+    calls = [c.call for c in got if isinstance(c, ToolCallChunk)]
+    assert calls == stream.result.tool_calls and len(calls) == 1
+    assert (calls[0].name, calls[0].arguments) == ("add", '{"a": 2, "b": 3}')
+    assert stream.result.content == "Sure." and stream.result.finish_reason == "tool_calls"
+    assert "".join(c.text for c in got if c.channel == "content") == "Sure."
