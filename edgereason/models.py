@@ -1,4 +1,5 @@
-"""Finding models: the embedded default, explicit paths, and a configured models directory."""
+"""Finding models: the embedded default, explicit paths, a configured models directory, and the Hugging
+Face and Ollama stores (see ``model_resolve``)."""
 
 from __future__ import annotations
 
@@ -65,7 +66,9 @@ def models_dir() -> Path | None:
 
 
 def resolve_model(model: str | os.PathLike[str] | None) -> Path:
-    """A model argument (None/"default", a path, or a name in the models directory) to a path."""
+    """A model argument to a path: None/"default", a path, a name in the models directory, an
+    ``org/repo[:QUANT]`` in the Hugging Face cache (downloaded when huggingface_hub and the network
+    allow), or an Ollama name (``llama3.2:1b``) in Ollama's local store."""
     if model is None or str(model) == DEFAULT_MODEL:
         return embedded_model_path()
     if str(model) == STUDENT_MODEL:
@@ -78,8 +81,14 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
         for cand in (d / str(model), d / f"{model}.gguf"):
             if cand.exists():
                 return cand
+    from .model_resolve import resolve_name
+
+    found = resolve_name(str(model))
+    if found is not None:
+        return found
     raise ModelLoadError(
-        f"model not found: {model} (give a GGUF path, 'default', or a name in ${MODELS_DIR_ENV})"
+        f"model not found: {model} (give a GGUF path, 'default', a name in ${MODELS_DIR_ENV}, a Hugging Face "
+        "org/repo[:QUANT], or an Ollama model name)"
     )
 
 
@@ -92,10 +101,12 @@ class ModelEntry:
     size_bytes: int
     quantization: str
     has_chat_template: bool
+    source: str = "path"  # embedded | student | path | models_dir | huggingface | ollama
 
     def to_dict(self) -> dict[str, object]:
         return {
             "name": self.name,
+            "source": self.source,
             "path": str(self.path),
             "format": self.format,
             "architecture": self.architecture,
@@ -105,7 +116,7 @@ class ModelEntry:
         }
 
 
-def describe(path: Path, name: str | None = None) -> ModelEntry:
+def describe(path: Path, name: str | None = None, source: str = "path") -> ModelEntry:
     """Cheap metadata of a model artefact (reads headers only)."""
     if path.is_dir():
         fmt = (
@@ -117,7 +128,7 @@ def describe(path: Path, name: str | None = None) -> ModelEntry:
         )
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         tpl = any((path / f).exists() for f in ("tokenizer_config.json", "chat_template.jinja"))
-        return ModelEntry(name or path.name, path, fmt, "unknown", size, "unknown", tpl)
+        return ModelEntry(name or path.name, path, fmt, "unknown", size, "unknown", tpl, source)
     info = read_gguf_info(path)
     return ModelEntry(
         name or info.name,
@@ -127,23 +138,34 @@ def describe(path: Path, name: str | None = None) -> ModelEntry:
         path.stat().st_size,
         info.file_type,
         info.chat_template is not None,
+        source,
     )
 
 
 def list_models(extra_paths: list[str] | None = None) -> list[ModelEntry]:
-    """The embedded default, ``extra_paths`` and every model in the models directory."""
+    """The embedded default, ``extra_paths``, every model in the models directory, every GGUF in the
+    Hugging Face cache and in Ollama's store, each under the name that loads it."""
+    from .model_resolve import list_hf_cached, list_ollama
+
     entries: list[ModelEntry] = []
     with contextlib.suppress(ModelLoadError):
-        entries.append(describe(embedded_model_path(), DEFAULT_MODEL))
+        entries.append(describe(embedded_model_path(), DEFAULT_MODEL, "embedded"))
     with contextlib.suppress(ModelLoadError):
-        entries.append(describe(student_preset().base, STUDENT_MODEL))
-    candidates = [Path(p).expanduser() for p in extra_paths or []]
+        entries.append(describe(student_preset().base, STUDENT_MODEL, "student"))
+    candidates: list[tuple[Path, str | None, str]] = [
+        (Path(p).expanduser(), None, "path") for p in extra_paths or []
+    ]
     d = models_dir()
     if d is not None and d.is_dir():
-        candidates += sorted(p for p in d.iterdir() if p.suffix == ".gguf" or p.is_dir())
-    for p in candidates:
+        candidates += [
+            (p, p.stem if p.suffix == ".gguf" else p.name, "models_dir")
+            for p in sorted(d.iterdir())
+            if p.suffix == ".gguf" or p.is_dir()
+        ]
+    candidates += [(m.path, m.name, m.source) for m in (*list_hf_cached(), *list_ollama())]
+    for p, name, source in candidates:
         try:
-            entry = describe(p)
+            entry = describe(p, name, source)
         except ModelLoadError:
             continue
         if entry.format != "unknown":
