@@ -323,7 +323,8 @@ class GenerationOptions(BaseModel):
         cls, base: GenerationOptions | None = None, overrides: Mapping[str, Any] | None = None
     ) -> GenerationOptions:
         """Merge ``overrides`` into ``base`` (or the defaults), raising InvalidRequestError on bad values."""
-        data = base.model_dump() if base is not None else {}
+        # Only what was set: the result's model_fields_set stays the caller's (a remote server gets no defaults).
+        data = base.model_dump(exclude_unset=True) if base is not None else {}
         data.update(overrides or {})
         try:
             return cls.model_validate(data)

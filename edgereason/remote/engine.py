@@ -26,6 +26,7 @@ from typing import Any
 
 from ..backends.base import ModelInfo
 from ..chat.reasoning import (
+    Channel,
     ChannelSplitter,
     PromptPlan,
     ReasoningFormat,
@@ -38,18 +39,23 @@ from ..chat.template import render_chat, validate_messages
 from ..errors import ChatTemplateError, EdgeReasonError, InvalidRequestError, UnknownAdapterError
 from ..job import ChatStream, Job
 from ..options import GenerationOptions
-from ..result import ChatResult, Choice, Usage
+from ..result import ChatResult, Choice, Chunk, Usage
 from ..surface import ChatSurface
 from . import executor as strategies
 from .http import (
+    DEFAULT_BACKOFF_S,
+    DEFAULT_MAX_RETRY_WAIT_S,
+    DEFAULT_RETRIES,
     RemoteClient,
     RemoteError,
     RemoteOutput,
     RemoteTarget,
     RemoteUnavailableError,
+    RetryPolicy,
     apply_report,
     chat_logprobs,
     finish_reason,
+    make_target,
     parse_remote_url,
 )
 
@@ -99,12 +105,13 @@ class RemoteEngine(ChatSurface):
         reasoning_format: str | None = None,
         name: str | None = None,
         parallel: int = DEFAULT_PARALLEL,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.target = target
         self.model = target.model
         self.name = name or target.model
         self.parallel = parallel
-        self.client = RemoteClient(target.api_base, api_key, timeout, connect_timeout)
+        self.client = RemoteClient(target.api_base, api_key, timeout, connect_timeout, retry)
         self._closed = False
         self.n_ok = True  # the server takes n > 1; cleared at its first refusal
         try:
@@ -113,7 +120,10 @@ class RemoteEngine(ChatSurface):
             self.client.close()
             raise
         meta: dict[str, Any] = base["meta"] if isinstance(base.get("meta"), dict) else {}
-        self.flavor = "edgereason" if base.get("owned_by") == "edgereason" else "openai"
+        owner = base.get("owned_by")
+        self.flavor = (
+            "edgereason" if owner == "edgereason" else "llamacpp" if owner == "llamacpp" else "openai"
+        )
         self._adapters = adapters
         no_template = chat_template is None and not meta.get("chat_template")
         props = self.client.get_root("/props") if no_template else {}
@@ -284,32 +294,37 @@ class RemoteEngine(ChatSurface):
         temperature: float | None = None,
         top_p: float | None = None,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": model,
-            "temperature": opts.temperature if temperature is None else temperature,
-            "top_p": opts.top_p if top_p is None else top_p,
-        }
+        """Sampling fields as the caller set them: a field left unset takes the server's own default
+        (llama-server's top_k=40 and min_p=0.05 are not ours to send to vLLM, nor our temperature to a model
+        whose generation config recommends another). A strategy's own sampling is passed in explicitly."""
+        caller = opts.model_fields_set
+        body: dict[str, Any] = {"model": model}
+        if temperature is not None or "temperature" in caller:
+            body["temperature"] = opts.temperature if temperature is None else temperature
+        if top_p is not None or "top_p" in caller:
+            body["top_p"] = opts.top_p if top_p is None else top_p
         if opts.max_tokens is not None:
             body["max_tokens"] = opts.max_tokens
         if opts.seed is not None:
             body["seed"] = (opts.seed + seed_offset) & 0xFFFFFFFF
         if opts.stop:
             body["stop"] = list(opts.stop)
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(opts, name):
-                body[name] = getattr(opts, name)
-        # Set by the caller only: servers' own defaults differ from ours.
-        renamed = {
-            "repeat_penalty": "repeat_penalty" if self.flavor == "edgereason" else "repetition_penalty"
-        }
-        for name in ("top_k", "min_p", "repeat_penalty"):
-            if name in opts.model_fields_set:
+        llama = self.flavor in ("edgereason", "llamacpp")  # repeat_penalty/repeat_last_n in llama.cpp's names
+        renamed = {"repeat_penalty": "repeat_penalty" if llama else "repetition_penalty"}
+        fields = ["top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty"]
+        fields += ["repeat_last_n", "cache_prompt"] if llama else []
+        for name in fields:
+            if name in caller:
                 body[renamed.get(name, name)] = getattr(opts, name)
+        if opts.logit_bias:
+            body["logit_bias"] = {str(token): bias for token, bias in opts.logit_bias}
         if opts.ignore_eos:  # vLLM, llama-server and EdgeReason all take it
             body["ignore_eos"] = True
-        if self.flavor == "edgereason" and "repeat_last_n" in opts.model_fields_set:
-            body["repeat_last_n"] = opts.repeat_last_n
         return body
+
+    def top_logprobs(self, wanted: int) -> int:
+        """llama-server sends no log-probs at all for top_logprobs=0; extra alternatives are trimmed later."""
+        return max(1, wanted) if self.flavor == "llamacpp" else wanted
 
     def thinking_fields(self, opts: GenerationOptions) -> dict[str, Any]:
         """Thinking on/off in the server's terms, and an integer budget left to the server (no template)."""
@@ -332,8 +347,9 @@ class RemoteEngine(ChatSurface):
         self, job: RemoteJob, msgs: list[dict[str, Any]], opts: GenerationOptions, model: str
     ) -> ChatResult:
         body = {**self.body(opts, model), "messages": msgs, "n": opts.n, **self.thinking_fields(opts)}
-        if opts.logprobs or opts.top_logprobs:
-            body.update(logprobs=True, top_logprobs=opts.top_logprobs)
+        # llama-server's usage counts the end-of-generation token: its log-probs give exact text-token counts.
+        if opts.logprobs or opts.top_logprobs or self.flavor == "llamacpp":
+            body.update(logprobs=True, top_logprobs=self.top_logprobs(opts.top_logprobs))
         budget = opts.effective_thinking_budget
         plan = (
             self.render(msgs, opts.effective_thinking)
@@ -343,7 +359,7 @@ class RemoteEngine(ChatSurface):
         outs, prompt_tokens = (
             self._chat_stream(job, body, opts, plan)
             if job.emit_chunks
-            else self.chat_once(body, opts.n, plan)
+            else self.chat_choices(body, opts.n, plan)
         )
         if budget is not None:
             for o in outs:
@@ -364,13 +380,52 @@ class RemoteEngine(ChatSurface):
             starts_in_reasoning=False, may_open=self.reasoning_format is not ReasoningFormat.NONE
         )
 
+    def chat_choices(
+        self, body: dict[str, Any], n: int, plan: PromptPlan | None = None
+    ) -> tuple[list[RemoteOutput], int]:
+        """``n`` choices of one chat request, checked: a server that ignores ``n`` (fewer choices came back)
+        gets one request per missing choice, with the seeds the local engine would give them (seed + index);
+        from then on this engine asks it one choice per request."""
+        if n > 1 and not self.n_ok:
+            return self.chat_one_by_one(body, range(n), plan)
+        outs, prompt_tokens = self.chat_once({**body, "n": n}, n, plan)
+        missing = [i for i, o in enumerate(outs) if not o.received]
+        if missing:
+            log.warning(
+                "%s returned %d of %d choices (it ignores n); asking for the rest one per request",
+                self.target.api_base,
+                n - len(missing),
+                n,
+            )
+            self.n_ok = False
+            filled, _ = self.chat_one_by_one(body, missing, plan)
+            for i, out in zip(missing, filled):
+                outs[i] = out
+        return outs, prompt_tokens
+
+    def chat_one_by_one(
+        self, body: dict[str, Any], indices: Sequence[int], plan: PromptPlan | None = None
+    ) -> tuple[list[RemoteOutput], int]:
+        def one(i: int) -> RemoteOutput:
+            single = {**body, "n": 1}
+            if body.get("seed") is not None:
+                single["seed"] = (body["seed"] + i) & 0xFFFFFFFF
+            outs, prompt_tokens = self.chat_once(single, 1, plan)
+            outs[0].prompt_tokens = prompt_tokens
+            return outs[0]
+
+        outs = strategies.map_outputs(self, one, indices)
+        return outs, outs[0].prompt_tokens
+
     def chat_once(
         self, body: dict[str, Any], n: int, plan: PromptPlan | None = None
     ) -> tuple[list[RemoteOutput], int]:
+        """One request, parsed as it came back (see ``chat_choices`` for the check of ``n``)."""
         resp = self.client.post("/chat/completions", body)
         outs = [RemoteOutput() for _ in range(n)]
         for ch in resp.get("choices") or ():
-            out = outs[int(ch.get("index", 0))]
+            out = outs[_choice_index(ch, n)]
+            out.received = True
             msg = ch.get("message") or {}
             reasoning = msg.get("reasoning_content") or msg.get("reasoning")
             content = msg.get("content") or ""
@@ -382,6 +437,9 @@ class RemoteEngine(ChatSurface):
                 out.add(sp.feed(content) + sp.flush(), None, 0)
             out.finish_reason = finish_reason(ch.get("finish_reason"))
             out.add_logprobs(chat_logprobs(ch.get("logprobs")))
+            out.drop_end_of_generation()
+        if not any(o.received for o in outs):
+            raise RemoteError(f"{self.target.api_base} answered with no choices: {str(resp)[:200]}")
         return self._counts(outs, resp.get("usage"), resp.get("edgereason"))
 
     def _chat_stream(
@@ -393,11 +451,12 @@ class RemoteEngine(ChatSurface):
         split_by_server = [self.flavor == "edgereason"] * opts.n
         usage: Any = None
         report: Any = None
-        for event in self.client.stream(body, job.cancel_requested):
+        for event in self.client.stream("/chat/completions", body, job.cancel_requested):
             usage = event.get("usage") or usage
             report = event.get("edgereason") or report
             for ch in event.get("choices") or ():
-                i = int(ch.get("index", 0))
+                i = _choice_index(ch, opts.n)
+                outs[i].received = True
                 delta = ch.get("delta") or {}
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning")
                 if reasoning:
@@ -411,22 +470,49 @@ class RemoteEngine(ChatSurface):
                 if ch.get("finish_reason"):
                     outs[i].finish_reason = finish_reason(ch["finish_reason"])
         for i, out in enumerate(outs):
+            out.drop_end_of_generation()
             if not split_by_server[i]:
                 out.add(splitters[i].flush(), job.emit, i)
             if job.cancel_requested.is_set() and report is None:
                 out.finish_reason = "cancelled"
-        return self._counts(outs, usage, report)
+        outs, prompt_tokens = self._counts(outs, usage, report)
+        missing = [i for i, o in enumerate(outs) if not o.received]
+        if missing and not job.cancel_requested.is_set():
+            if len(missing) == opts.n:
+                raise RemoteError(f"{self.target.api_base} streamed no choices")
+            log.warning(
+                "%s streamed %d of %d choices (it ignores n)",
+                self.target.api_base,
+                opts.n - len(missing),
+                opts.n,
+            )
+            self.n_ok = False
+            plain = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+            filled, _ = self.chat_one_by_one(plain, missing, plan)
+            for i, out in zip(missing, filled):
+                outs[i] = out
+                texts: list[tuple[Channel, str]] = [("reasoning", "".join(out.reasoning))]
+                for channel, text in [*texts, ("content", "".join(out.content))]:
+                    if text:
+                        job.emit(Chunk(channel, text, i))
+        return outs, prompt_tokens
 
     def _counts(self, outs: list[RemoteOutput], usage: Any, report: Any) -> tuple[list[RemoteOutput], int]:
         """Token counts: the EdgeReason report's per choice, else log-probs, else usage (one choice)."""
         usage = usage if isinstance(usage, dict) else {}
         details = usage.get("completion_tokens_details") or {}
+        alone = sum(o.received for o in outs) == 1  # usage is this choice's
         for i, out in enumerate(outs):
+            if not out.received:
+                continue
             out.completion_tokens = len(out.logprobs) or (
-                int(usage.get("completion_tokens") or 0) if len(outs) == 1 else 0
+                int(usage.get("completion_tokens") or 0) if alone else 0
             )
-            if len(outs) == 1:
+            if alone:
                 out.reasoning_tokens = int(details.get("reasoning_tokens") or 0)
+            elif not out.completion_tokens and report is None:  # n > 1 without log-probs: count the text
+                text = "".join(out.reasoning) + "".join(out.content)
+                out.completion_tokens = self.client.count_tokens(self.model, text) if text else 0
             entries = report.get("choices") if isinstance(report, dict) else None
             if entries and i < len(entries) and isinstance(entries[i], dict):
                 apply_report(out, entries[i])
@@ -443,6 +529,13 @@ class RemoteEngine(ChatSurface):
             reasoning_tokens=sum(c.reasoning_tokens for c in choices),
         )
         return ChatResult(choices=choices, usage=usage, model=self.name, extra=extra or {})
+
+
+def _choice_index(choice: dict[str, Any], n: int) -> int:
+    index = choice.get("index", 0)
+    if not isinstance(index, int) or not 0 <= index < n:
+        raise RemoteError(f"the server returned choice index {index!r} for n={n}")
+    return index
 
 
 def _steered(opts: GenerationOptions) -> bool:
@@ -463,27 +556,43 @@ def _served_models(listing: Any, model: str) -> tuple[dict[str, Any], frozenset[
 
 
 def load_remote(
-    url: str,
+    url: str | None = None,
     *,
+    base_url: str | None = None,
+    model: str | None = None,
     api_key: str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+    retries: int = DEFAULT_RETRIES,
+    retry_backoff: float = DEFAULT_BACKOFF_S,
+    retry_max_wait: float = DEFAULT_MAX_RETRY_WAIT_S,
     chat_template: str | None = None,
     reasoning_format: str | None = None,
     name: str | None = None,
     parallel: int | None = None,
 ) -> RemoteEngine:
-    """An engine over the OpenAI-compatible server at ``openai://HOST:PORT/MODEL``.
+    """An engine over an OpenAI-compatible server: ``base_url=`` (the API base, as the ``openai`` client takes
+    it: ``http://HOST:PORT/v1``, ``https://host/openai/v1``) and ``model=``, or the shorthand
+    ``url="openai://HOST:PORT/MODEL"``.
 
     ``api_key``: sent as a bearer token (default $EDGEREASON_REMOTE_API_KEY; $OPENAI_API_KEY is never
     sent to a server it was not meant for). ``timeout``: seconds one request may take (connecting:
-    ``connect_timeout``). ``chat_template``: the model's template, for exact thinking budgets when the
-    server does not publish it (llama-server's ``GET /props`` does). ``parallel``: concurrent requests
-    when samples go one per request. Raises RemoteUnavailableError when the server cannot be reached.
+    ``connect_timeout``). ``retries``: further attempts of a request refused by the connection or with
+    429/503, ``retry_backoff`` seconds apart (doubling) or as the server's ``Retry-After`` says, at most
+    ``retry_max_wait`` seconds each. ``chat_template``: the model's template, for exact thinking budgets
+    when the server does not publish it (llama-server's ``GET /props`` does). ``parallel``: concurrent
+    requests when samples go one per request. Raises RemoteUnavailableError when the server cannot be reached.
     """
+    if (url is None) == (base_url is None):
+        raise InvalidRequestError(
+            "give either url='openai://HOST:PORT/MODEL' or base_url= and model=", param="base_url"
+        )
+    if url is not None and model is not None:
+        raise InvalidRequestError("the openai:// URL names the model; drop model=", param="model")
+    target = parse_remote_url(url) if url is not None else make_target(str(base_url), model or "")
     key = api_key or os.environ.get("EDGEREASON_REMOTE_API_KEY")
     return RemoteEngine(
-        parse_remote_url(url),
+        target,
         api_key=key,
         timeout=timeout,
         connect_timeout=connect_timeout,
@@ -491,4 +600,5 @@ def load_remote(
         reasoning_format=reasoning_format,
         name=name,
         parallel=parallel or DEFAULT_PARALLEL,
+        retry=RetryPolicy(retries, retry_backoff, retry_max_wait),
     )

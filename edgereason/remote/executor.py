@@ -51,11 +51,13 @@ def raw_choices(
             eng, plan, opts, model, index=i, emit=emit, seed_offset=i, top_logprobs=opts.top_logprobs
         )
 
-    outs = _map(eng, one, range(opts.n))
+    outs = map_outputs(eng, one, range(opts.n))
     return eng.result([o.to_choice(i, opts) for i, o in enumerate(outs)], outs[0].prompt_tokens)
 
 
-def _map(eng: RemoteEngine, fn: Callable[[int], RemoteOutput], indices: Sequence[int]) -> list[RemoteOutput]:
+def map_outputs(
+    eng: RemoteEngine, fn: Callable[[int], RemoteOutput], indices: Sequence[int]
+) -> list[RemoteOutput]:
     if len(indices) == 1:
         return [fn(indices[0])]
     with ThreadPoolExecutor(max_workers=min(eng.parallel, len(indices))) as pool:
@@ -157,14 +159,14 @@ def _completion(
     body.pop("max_tokens", None)
     if limit is not None:
         body["max_tokens"] = limit
-    body.update(prompt=prompt, logprobs=top_logprobs)
+    body.update(prompt=prompt, logprobs=eng.top_logprobs(top_logprobs))
     resp = eng.client.post("/completions", body)
     choices = resp.get("choices") or [{}]
     ch = choices[0]
     if not out.prompt_tokens:
         out.prompt_tokens = int((resp.get("usage") or {}).get("prompt_tokens") or 0)
-    entries = completion_logprobs(ch.get("logprobs"))
     finish = finish_reason(ch.get("finish_reason"))
+    entries = completion_logprobs(ch.get("logprobs"), finish)
     if entries and "\ufffd" not in "".join(e.token for e in entries):
         out.add_logprobs(entries)
         return [(e.token, 1) for e in entries], finish
@@ -243,7 +245,7 @@ def _samples(
     sc = opts.self_consistency
     assert sc is not None
     if plan is not None:  # budgets or raw prompts: one continuation per sample
-        return _map(
+        return map_outputs(
             eng,
             lambda i: continue_prompt(
                 eng,
@@ -260,27 +262,21 @@ def _samples(
     assert msgs is not None
     split_plan = eng.render(msgs, opts.effective_thinking) if eng.chat_template else None
 
-    def request(offset: int, n: int) -> list[RemoteOutput]:
-        body = eng.body(opts, model, seed_offset=offset, temperature=sc.temperature, top_p=sc.top_p)
-        body.update(
-            messages=msgs,
-            n=n,
-            logprobs=True,
-            top_logprobs=DEFAULT_CONFIDENCE_TOP_K,
-            **eng.thinking_fields(opts),
-        )
-        outs, prompt_tokens = eng.chat_once(body, n, split_plan)
-        for o in outs:
-            o.prompt_tokens = prompt_tokens
-        return outs
-
+    body = eng.body(opts, model, seed_offset=first, temperature=sc.temperature, top_p=sc.top_p)
+    body.update(
+        messages=msgs, logprobs=True, top_logprobs=DEFAULT_CONFIDENCE_TOP_K, **eng.thinking_fields(opts)
+    )
     if k > 1 and eng.n_ok:
         try:
-            return request(first, k)
+            outs, prompt_tokens = eng.chat_choices(body, k, split_plan)
         except InvalidRequestError as exc:  # e.g. OpenAI reasoning models or a small server: n=1 only
             log.info("the server refused n=%d (%s); one request per sample", k, exc)
             eng.n_ok = False
-    return _map(eng, lambda i: request(i, 1)[0], range(first, first + k))
+        else:
+            for o in outs:
+                o.prompt_tokens = prompt_tokens
+            return outs
+    return eng.chat_one_by_one(body, range(k), split_plan)[0]
 
 
 def _sample_report(index: int, out: RemoteOutput, opts: GenerationOptions) -> SampleReport:

@@ -4,8 +4,12 @@ generated choice looks like once it is back (channels, token texts, log-probs)."
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import email.utils
 import json
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +31,13 @@ REPORTED_ELSEWHERE = frozenset(
     {"index", "thinking_stopped_by", "answer", "reasoning_tokens", "completion_tokens", "finish_reason"}
     | {"answer_confidence", "think_answer_mismatch"}
 )
+log = logging.getLogger(__name__)
+
 SCHEMES = {"openai": "http", "openai+http": "http", "openai+https": "https"}
+DEFAULT_RETRIES = 3
+DEFAULT_BACKOFF_S = 0.25  # then 0.5, 1: a restarting server or a refused burst, not an outage
+DEFAULT_MAX_RETRY_WAIT_S = 30.0
+RETRIED_STATUSES = frozenset({429, 503})
 
 
 class RemoteError(EdgeReasonError):
@@ -44,35 +54,116 @@ class RemoteUnavailableError(RemoteError):
 
 @dataclass(frozen=True)
 class RemoteTarget:
-    api_base: str  # http://HOST:PORT/v1
+    api_base: str  # http://HOST:PORT/v1, or any base path (https://host/openai/v1)
     model: str
 
 
 def parse_remote_url(url: str) -> RemoteTarget:
-    """``openai://HOST:PORT/MODEL`` (``openai+https://`` for TLS); MODEL may contain slashes (HF ids)."""
+    """``openai://HOST:PORT/MODEL`` (``openai+https://`` for TLS); MODEL may contain slashes (HF ids).
+
+    A base path ending in a ``v1`` segment comes before the model: ``openai://HOST/openai/v1/Qwen/Qwen3-8B``
+    is ``https?://HOST/openai/v1`` serving ``Qwen/Qwen3-8B``. Any other base path: ``make_target(base_url, model)``.
+    """
     scheme, sep, rest = url.partition("://")
     host, _, path = rest.partition("/")
-    path = path.strip("/")
-    model = path[3:] if path.startswith("v1/") else path
+    parts = [p for p in path.split("/") if p]
+    cut = parts.index("v1") + 1 if "v1" in parts else 0
+    base, model = "/".join(parts[:cut]) or "v1", "/".join(parts[cut:])
     if not sep or scheme not in SCHEMES or not host or not model:
         raise InvalidRequestError(
-            f"not a remote model URL: {url!r}; use openai://HOST:PORT/MODEL (openai+https:// for TLS)",
+            f"not a remote model URL: {url!r}; use openai://HOST:PORT/MODEL (openai+https:// for TLS), "
+            "or base_url= and model= for a server under another base path",
             param="model",
         )
-    return RemoteTarget(f"{SCHEMES[scheme]}://{host}/v1", model)
+    return RemoteTarget(f"{SCHEMES[scheme]}://{host}/{base}", model)
+
+
+def make_target(base_url: str, model: str) -> RemoteTarget:
+    """The OpenAI client's spelling: the API base as given (``http://host:8080/api/v1``) and the model id."""
+    scheme, sep, rest = base_url.partition("://")
+    if scheme not in ("http", "https") or not sep or not rest.strip("/"):
+        raise InvalidRequestError(
+            f"base_url must be an http(s) URL such as http://HOST:PORT/v1, not {base_url!r}", param="base_url"
+        )
+    if not model or not model.strip():
+        raise InvalidRequestError("model= names the served model (as in GET /v1/models)", param="model")
+    return RemoteTarget(base_url.rstrip("/"), model)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of a request the server did not start: refused or dropped connections, 429 and 503.
+
+    Waits ``backoff`` seconds, doubling per attempt, or the server's ``Retry-After`` when it sends one,
+    never longer than ``max_wait`` (a server asking for more fails the request with its message).
+    A timed-out generation is not retried: it ran, and a retry would take as long again.
+    """
+
+    retries: int = DEFAULT_RETRIES
+    backoff: float = DEFAULT_BACKOFF_S
+    max_wait: float = DEFAULT_MAX_RETRY_WAIT_S
+
+    def __post_init__(self) -> None:
+        if self.retries < 0 or self.backoff < 0 or self.max_wait < 0:
+            raise InvalidRequestError(
+                "retries, retry_backoff and retry_max_wait must be >= 0", param="retries"
+            )
+
+    def wait(self, attempt: int, retry_after: str | None) -> float | None:
+        """Seconds before attempt ``attempt + 1``, or None when there is none to make."""
+        if attempt >= self.retries:
+            return None
+        asked = _retry_after_seconds(retry_after)
+        if asked is not None:
+            return asked if asked <= self.max_wait else None
+        return min(self.backoff * 2**attempt, self.max_wait)
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date (RFC 9110)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
+
+
+class _Retry(Exception):
+    """A failure worth another attempt, with the server's Retry-After and the error to raise when out of them."""
+
+    def __init__(self, error: EdgeReasonError, retry_after: str | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
 
 
 # -- HTTP ------------------------------------------------------------------------------------------------
 class RemoteClient:
     """JSON and SSE over one pooled httpx client (thread-safe); transport and HTTP errors mapped once."""
 
-    def __init__(self, api_base: str, api_key: str | None, timeout: float, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        api_base: str,
+        api_key: str | None,
+        timeout: float,
+        connect_timeout: float,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         try:
             import httpx
         except ImportError:
             raise MissingExtraError("the remote backend (openai://)", "remote") from None
         self.httpx = httpx
         self.api_base = api_base
+        self.retry = retry or RetryPolicy()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(
             base_url=api_base, headers=headers, timeout=httpx.Timeout(timeout, connect=connect_timeout)
@@ -89,40 +180,85 @@ class RemoteClient:
     def post(self, path: str, body: dict[str, Any]) -> Any:
         return self._call(lambda: self.http.post(path, json=body))
 
-    def stream(self, body: dict[str, Any], cancelled: threading.Event) -> Iterator[dict[str, Any]]:
-        """Events of an SSE chat completion; leaving early (or ``cancelled``) closes the connection."""
-        try:
-            with self.http.stream("POST", "/chat/completions", json=body) as r:
-                if r.status_code >= 400:
-                    r.read()
-                    raise _http_error(r.status_code, _json_or_none(r.text), body.get("model"))
-                for line in r.iter_lines():
-                    if cancelled.is_set():
-                        return
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        return
-                    event = _json_or_none(data)
-                    if not isinstance(event, dict):
-                        raise RemoteError(f"the server sent a stream event that is not JSON: {data[:200]!r}")
-                    if "error" in event:
-                        raise _http_error(500, event, body.get("model"))
-                    yield event
-        except self.httpx.TimeoutException as exc:
-            raise self._timeout(exc) from None
-        except self.httpx.TransportError as exc:
-            raise self._unreachable(exc) from None
+    def stream(self, path: str, body: dict[str, Any], cancelled: threading.Event) -> Iterator[dict[str, Any]]:
+        """Events of an SSE completion; leaving early (or ``cancelled``) closes the connection.
+
+        Retried (as ``post``) until the first event; a stream cut later fails: its tokens were delivered.
+        """
+        attempt = 0
+        while True:
+            started = False
+            try:
+                with self.http.stream("POST", path, json=body) as r:
+                    if r.status_code >= 400:
+                        r.read()
+                        error = _http_error(r.status_code, _json_or_none(r.text), body.get("model"))
+                        if r.status_code in RETRIED_STATUSES:
+                            raise _Retry(error, r.headers.get("retry-after"))
+                        raise error
+                    for line in r.iter_lines():
+                        if cancelled.is_set():
+                            return
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            return
+                        event = _json_or_none(data)
+                        if not isinstance(event, dict):
+                            raise RemoteError(
+                                f"the server sent a stream event that is not JSON: {data[:200]!r}"
+                            )
+                        if "error" in event:
+                            raise _http_error(500, event, body.get("model"))
+                        started = True
+                        yield event
+                return
+            except _Retry as retry:
+                error, retry_after = retry.error, retry.retry_after
+            except self.httpx.TimeoutException as exc:
+                if started or not isinstance(exc, self.httpx.ConnectTimeout):
+                    raise self._timeout(exc) from None
+                error, retry_after = self._unreachable(exc), None
+            except self.httpx.TransportError as exc:
+                if started:
+                    raise self._unreachable(exc) from None
+                error, retry_after = self._unreachable(exc), None
+            wait = self.retry.wait(attempt, retry_after)
+            if wait is None:
+                raise error
+            log.warning("%s; retry %d of %d in %.2f s", error, attempt + 1, self.retry.retries, wait)
+            if cancelled.wait(wait):
+                return
+            attempt += 1
 
     def _call(self, send: Callable[[], Any]) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return self._call_once(send)
+            except _Retry as retry:
+                wait = self.retry.wait(attempt, retry.retry_after)
+                if wait is None:
+                    raise retry.error from None
+                log.warning(
+                    "%s; retry %d of %d in %.2f s", retry.error, attempt + 1, self.retry.retries, wait
+                )
+                time.sleep(wait)
+                attempt += 1
+
+    def _call_once(self, send: Callable[[], Any]) -> Any:
         try:
             r = send()
+        except self.httpx.ConnectTimeout as exc:
+            raise _Retry(self._unreachable(exc)) from None
         except self.httpx.TimeoutException as exc:
             raise self._timeout(exc) from None
-        except self.httpx.TransportError as exc:
-            raise self._unreachable(exc) from None
+        except self.httpx.TransportError as exc:  # refused, reset or closed before an answer
+            raise _Retry(self._unreachable(exc)) from None
         body = _json_or_none(r.text)
+        if r.status_code in RETRIED_STATUSES:
+            raise _Retry(_http_error(r.status_code, body, None), r.headers.get("retry-after"))
         if r.status_code >= 400:
             raise _http_error(r.status_code, body, None)
         if body is None:
@@ -226,6 +362,7 @@ class RemoteOutput:
     texts: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    received: bool = False  # the server sent this choice (a server that ignores n sends fewer)
 
     def add(self, parts: list[tuple[Channel, str]], emit: Callable[[Chunk], None] | None, index: int) -> None:
         for channel, text in parts:
@@ -236,6 +373,13 @@ class RemoteOutput:
     def add_logprobs(self, entries: Sequence[TokenLogprob]) -> None:
         self.logprobs.extend(entries)
         self.texts.extend(e.token for e in entries)
+
+    def drop_end_of_generation(self) -> None:
+        """llama-server lists the end-of-generation token (text "") in the log-probs of a stopped choice;
+        EdgeReason counts and shows generated text tokens only."""
+        if self.finish_reason == "stop" and self.logprobs and self.logprobs[-1].token == "":
+            self.logprobs.pop()
+            self.texts.pop()
 
     def to_choice(self, index: int, opts: GenerationOptions, fmt: str = "auto") -> Choice:
         content, reasoning = "".join(self.content), "".join(self.reasoning)
@@ -280,7 +424,13 @@ def chat_logprobs(lp: Any) -> list[TokenLogprob]:
     ]
 
 
-def completion_logprobs(lp: Any) -> list[TokenLogprob]:
+def completion_logprobs(lp: Any, finish: str | None = None) -> list[TokenLogprob]:
+    """``/v1/completions`` log-probs: the legacy OpenAI shape (``tokens``/``token_logprobs``, vLLM, EdgeReason)
+    or the chat shape under ``content`` (llama-server answers completions with it)."""
+    if isinstance(lp, dict) and isinstance(lp.get("content"), list):
+        entries = chat_logprobs(lp)
+        stopped = finish == "stop" and entries and entries[-1].token == ""
+        return entries[:-1] if stopped else entries  # llama-server's end-of-generation token
     if not isinstance(lp, dict) or not lp.get("tokens"):
         return []
     tops = lp.get("top_logprobs") or [None] * len(lp["tokens"])
