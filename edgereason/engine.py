@@ -31,6 +31,9 @@ from .options import GenerationOptions, LoridOptions
 from .scheduler import Scheduler
 from .strategies.generate import GenerateJob
 from .surface import ChatSurface
+from .tools import ToolCallStream, ToolFormat, ToolRequest, detect_tool_format, pop_tool_fields
+from .tools.parse import template_supports_tools
+from .tools.render import fallback_messages
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,10 @@ class Engine(ChatSurface):
                 ) from None
         else:
             self.reasoning_format = detect_format(self.chat_template, self.info.has_think_token)
+        # Tool calling: a template that reads `tools` renders them and names its call format; any other
+        # gets the generic system prompt (tools/render.py) and the generic parser.
+        self.native_tools = template_supports_tools(self.chat_template)
+        self.tool_format = detect_tool_format(self.chat_template) if self.native_tools else ToolFormat.GENERIC
         self.max_queue = max_queue
         self.created = int(time.time())  # when it was loaded: /v1/models reports it as "created"
         self.scheduler = Scheduler(backend)
@@ -105,9 +112,14 @@ class Engine(ChatSurface):
         self._thread.start()
 
     # -- preparing prompts (caller thread) ---------------------------------------------------------
-    def render(self, messages: Sequence[Any], thinking: Thinking = "auto") -> PromptPlan:
-        """The prompt text for ``messages`` under the model's template and reasoning format."""
+    def render(
+        self, messages: Sequence[Any], thinking: Thinking = "auto", tools: ToolRequest | None = None
+    ) -> PromptPlan:
+        """The prompt text for ``messages`` (and the request's ``tools``) under the model's template and
+        reasoning format."""
         msgs = validate_messages(messages)
+        if not self.native_tools:
+            msgs = fallback_messages(msgs, tools)
         if not self.chat_template:
             raise ChatTemplateError(
                 f"model {self.name!r} has no chat template; pass chat_template= to load() (or --chat-template)"
@@ -123,6 +135,7 @@ class Engine(ChatSurface):
             bos_token=self.info.bos_token,
             eos_token=self.info.eos_token,
             enable_thinking=enable,
+            tools=tools.template_tools() if tools is not None and self.native_tools else None,
         )
         plan = plan_prompt(rendered, self.reasoning_format, thinking)
         literals = tuple(
@@ -145,8 +158,10 @@ class Engine(ChatSurface):
             raise InvalidRequestError("the prompt is empty", param="prompt")
         return PreparedPrompt(plan=plan, tokens=tokens)
 
-    def prepare_chat(self, messages: Sequence[Any], opts: GenerationOptions) -> PreparedPrompt:
-        return self.prepare(self.render(messages, opts.effective_thinking))
+    def prepare_chat(
+        self, messages: Sequence[Any], opts: GenerationOptions, tools: ToolRequest | None = None
+    ) -> PreparedPrompt:
+        return self.prepare(self.render(messages, opts.effective_thinking, tools))
 
     def prepare_completion(self, prompt: str) -> PreparedPrompt:
         """A raw prompt (no template): thinking continues if the prompt leaves <think> open."""
@@ -166,10 +181,38 @@ class Engine(ChatSurface):
         *,
         emit_chunks: bool,
     ) -> ChatStream:
+        fields = dict(fields)
+        tools = pop_tool_fields(fields)
+        if tools is not None and tools.forced:
+            fields.update(self._tool_grammar(tools, options, fields))
         opts = GenerationOptions.build(options, fields)
-        job = self.make_job(self.prepare_chat(messages, opts), opts, question=_last_user_text(messages))
+        if tools is not None and tools.active and opts.uses_lorid:
+            raise InvalidRequestError("LoRID does not take tools; drop tools or strategy", param="tools")
+        prompt = self.prepare_chat(messages, opts, tools)
+        job = self.make_job(prompt, opts, question=_last_user_text(messages))
         job.emit_chunks = emit_chunks
-        return self.submit(job)
+        stream = self.submit(job)
+        if tools is None or not tools.active:
+            return stream
+        return ToolCallStream(stream, self.tool_format, tools.names, tools.parallel_calls)
+
+    def _tool_grammar(
+        self, tools: ToolRequest, options: GenerationOptions | None, fields: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The grammar fields that force a call (tool_choice required or named); refused beside another."""
+        from .tools.grammar import tool_call_grammar
+
+        base = options.model_dump() if options is not None else {}
+        merged = {**base, **fields}
+        fmt = merged.get("response_format") or {}
+        if merged.get("grammar") is not None or (isinstance(fmt, dict) and fmt.get("type", "text") != "text"):
+            raise InvalidRequestError(
+                "tool_choice 'required' (or a named function) constrains the reply to a tool call; "
+                "drop grammar/response_format or use tool_choice 'auto'",
+                param="tool_choice",
+            )
+        gbnf, root = tool_call_grammar(tools, self.tool_format)
+        return {"grammar": gbnf, "grammar_root": root}
 
     def _submit_completion(
         self, prompt: str, options: GenerationOptions | None, fields: dict[str, Any], *, emit_chunks: bool

@@ -22,7 +22,8 @@ from .. import __version__
 from ..adapters import check_adapter_name, inside_dir, parse_adapter_spec
 from ..errors import EdgeReasonError, InvalidRequestError, ModelLoadError
 from ..options import GenerationOptions
-from ..result import ChatResult, Chunk
+from ..result import ChatResult, Chunk, ToolCallChunk
+from ..tools import TOOL_FIELDS
 from . import schemas
 from .errors import (
     AdapterManagementDisabledError,
@@ -109,10 +110,12 @@ def create_app(engine: Engine | None, settings: ServerSettings | None = None) ->
     async def chat_completions(req: schemas.ChatCompletionRequest, request: Request) -> Response:
         eng = _engine(app)
         model, fields = _check_model(eng, settings, req.model, req.option_fields())
+        # tools, tool_choice, parallel_tool_calls: the engine's chat call takes them (they are no options)
+        tool_fields = {k: fields.pop(k) for k in TOOL_FIELDS if k in fields}
         opts = _options(eng, fields)
         timer = metrics.timer(model)
         messages = req.message_dicts()
-        stream = await anyio.to_thread.run_sync(lambda: eng.stream(messages, opts))
+        stream = await anyio.to_thread.run_sync(lambda: eng.stream(messages, opts, **tool_fields))
         id_, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -426,6 +429,8 @@ def _sse_chat(
     streamed: dict[int, int] = {}  # choice -> logprobs its chunks carried
 
     def piece(c: Chunk) -> str:
+        if isinstance(c, ToolCallChunk) and c.call is not None:
+            return "".join(chunk([choice(c.index, {"tool_calls": [d]})]) for d in schemas.tool_call_deltas(c))
         key = "reasoning_content" if c.channel == "reasoning" else "content"
         streamed[c.index] = streamed.get(c.index, 0) + len(c.logprobs)
         return chunk([choice(c.index, {key: c.text}, logprobs=schemas.chat_logprobs(c.logprobs or None))])

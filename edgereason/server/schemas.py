@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from ..errors import InvalidRequestError
-from ..result import ChatResult, Choice, TokenLogprob
+from ..result import ChatResult, Choice, TokenLogprob, ToolCallChunk
 
 # OpenAI fields a client may send that do not change generation here.
-IGNORED_FIELDS = frozenset({"user", "store", "metadata", "service_tier", "parallel_tool_calls", "modalities"})
+IGNORED_FIELDS = frozenset({"user", "store", "metadata", "service_tier", "modalities"})
 INT64 = 2**63
 # chat_template_kwargs keys a request may set (others would need the template to see them: 400).
 TEMPLATE_KWARGS = ("enable_thinking",)
@@ -132,16 +132,27 @@ class ChatCompletionRequest(_SamplingRequest):
     reasoning_effort: str | None = Field(
         default=None, description="none | minimal (= none: no thinking) | low | medium | high"
     )
-    tools: list[dict[str, Any]] | None = Field(default=None, description="only [] (tool calls: not yet)")
-    tool_choice: str | dict[str, Any] | None = Field(default=None, description="only 'none'")
-    response_format: dict[str, Any] | None = Field(default=None, description='only {"type": "text"}')
+    tools: list[dict[str, Any]] | None = Field(default=None, description="function tools (OpenAI's shape)")
+    tool_choice: str | dict[str, Any] | None = Field(
+        default=None, description='none | auto | required | {"type": "function", "function": {"name": ...}}'
+    )
+    parallel_tool_calls: StrictBool | None = Field(
+        default=None, description="false: one call per reply (forced calls: one unless this is true)"
+    )
+    response_format: dict[str, Any] | None = Field(
+        default=None, description="text | json_object | json_schema: the answer (after thinking) follows it"
+    )
     chat_template_kwargs: dict[str, Any] | None = Field(
         default=None, description="only enable_thinking (Qwen3/vLLM): false renders without thinking"
     )
 
     def option_fields(self) -> dict[str, Any]:
         out = super().option_fields()
-        self._check_tools()
+        # Tool fields go to the engine's chat call (engine.py), response_format to GenerationOptions.
+        for name in ("tools", "tool_choice", "parallel_tool_calls", "response_format"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
         if self.max_completion_tokens is not None:
             out["max_tokens"] = self.max_completion_tokens
         if self.logprobs:
@@ -175,24 +186,6 @@ class ChatCompletionRequest(_SamplingRequest):
                     )
                 out["thinking"] = enable
         return self._with_n_probs(out)
-
-    def _check_tools(self) -> None:
-        """The no-op values other servers accept; anything else is not supported yet (400)."""
-        if self.tools:
-            raise InvalidRequestError(
-                "tools: tool calling is not supported yet; send no tools (or [])", param="tools"
-            )
-        if self.tool_choice is not None and self.tool_choice != "none":
-            raise InvalidRequestError(
-                "tool_choice: only 'none' is supported (tool calling is not supported yet)",
-                param="tool_choice",
-            )
-        if self.response_format is not None and self.response_format != {"type": "text"}:
-            kind = self.response_format.get("type")
-            raise InvalidRequestError(
-                f"response_format: {kind!r} is not supported yet; only {{'type': 'text'}}",
-                param="response_format",
-            )
 
     def message_dicts(self) -> list[dict[str, Any]]:
         return [m.model_dump(exclude_none=True) for m in self.messages]
@@ -228,11 +221,39 @@ class CompletionRequest(_SamplingRequest):
 
 
 # -- responses --------------------------------------------------------------------------------------
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 def finish_reason(choice: Choice) -> FinishReason:
-    return "length" if choice.finish_reason == "length" else "stop"
+    if choice.finish_reason == "length":
+        return "length"
+    return "tool_calls" if choice.finish_reason == "tool_calls" else "stop"
+
+
+def tool_call_deltas(c: ToolCallChunk) -> list[dict[str, Any]]:
+    """A streamed call as OpenAI sends it: its id, type and name first, then its arguments."""
+    assert c.call is not None
+    return [
+        {
+            "index": c.position,
+            "id": c.call.id,
+            "type": "function",
+            "function": {"name": c.call.name, "arguments": ""},
+        },
+        {"index": c.position, "function": {"arguments": c.call.arguments}},
+    ]
+
+
+def chat_message(choice: Choice) -> dict[str, Any]:
+    """The assistant message of a choice: content (null when it only calls tools), reasoning, tool calls."""
+    msg: dict[str, Any] = {
+        "role": "assistant",
+        "content": choice.content or (None if choice.tool_calls else ""),
+        "reasoning_content": choice.reasoning or None,
+    }
+    if choice.tool_calls:
+        msg["tool_calls"] = [t.to_dict() for t in choice.tool_calls]
+    return msg
 
 
 def edgereason_report(result: ChatResult) -> dict[str, Any]:
@@ -310,7 +331,7 @@ def chat_completion(result: ChatResult, *, id_: str, created: int, model: str) -
     choices = [
         {
             "index": c.index,
-            "message": {"role": "assistant", "content": c.content, "reasoning_content": c.reasoning or None},
+            "message": chat_message(c),
             "logprobs": chat_logprobs(c.logprobs),
             "finish_reason": finish_reason(c),
         }
