@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -144,3 +145,25 @@ def arith_problems(n: int, seed: int = 0, split: Split = "test") -> list[ArithPr
         seen.add(p.question)
         out.append(p)
     return out
+
+
+_BLANKS = (
+    (re.compile(r"\d+"), "#"),
+    (re.compile(r"\b(?:" + "|".join(_NAMES) + r")\b"), "NAME"),
+    (re.compile(r"\b(?:" + "|".join(_ITEMS) + r")\b"), "ITEM"),
+)
+
+
+def question_template(question: str) -> str:
+    """The question with its numbers, name and item blanked: the generator's sentences, in order. Two
+    questions with one template differ only in the values the generator drew."""
+    for pattern, blank in _BLANKS:
+        question = pattern.sub(blank, question)
+    return question
+
+
+def training_draws(per_role: int, roles: Sequence[str], seed: int = 0) -> dict[str, list[ArithProblem]]:
+    """The train-split problems each role was trained on, as ``convert.distill`` draws them: role ``i``
+    takes problems ``i * per_role`` to ``(i + 1) * per_role`` of one seeded draw."""
+    draw = arith_problems(per_role * len(roles), seed=seed, split="train")
+    return {role: draw[i * per_role : (i + 1) * per_role] for i, role in enumerate(roles)}

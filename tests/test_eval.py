@@ -33,6 +33,7 @@ from edgereason.eval import (
 from edgereason.eval.data import EvalItem
 from edgereason.eval.plots import write_plots
 from edgereason.eval.progress import CounterProgress, no_progress
+from edgereason.eval.protocol import package_digest
 from edgereason.eval.runner import StrategyRun, check_strategy, concurrency_for
 from edgereason.eval.summary import markdown_table, paired_difference, paired_interval, summarize_records
 from edgereason.evaldata import DIFFICULTY, arith_problems, split_of
@@ -500,7 +501,7 @@ def test_eval_end_to_end_on_the_embedded_model(tmp_path: Path) -> None:
 
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [x["strategy"] for x in records] == ["greedy"] * 4 + ["sc:2"] * 4 + ["budget:16"] * 4
-    items = load_items("arith", limit=4)
+    items = load_items("arith", split="dev", limit=4)  # the CLI's default split: dev
     for rec in records:
         assert rec["error"] is None and rec["gold"] == items[int(rec["id"].rsplit("-", 1)[1])].gold
         assert rec["correct"] == (rec["answer"] is not None and answers_equal(rec["answer"], rec["gold"]))
@@ -515,6 +516,8 @@ def test_eval_end_to_end_on_the_embedded_model(tmp_path: Path) -> None:
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["meta"]["items"] == 4 and summary["meta"]["model"] == "default"
+    assert summary["meta"]["split"] == "dev" and "frozen" not in summary["meta"]
+    assert summary["meta"]["code"]["files"] == package_digest()
     for label in ("greedy", "sc:2", "budget:16"):
         row = summary["strategies"][label]
         hits = sum(x["correct"] for x in records if x["strategy"] == label)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +41,13 @@ def add_eval_parser(
         "eval", help="measure strategies (greedy, budgets, self-consistency, LoRID) on a data set"
     )
     p.add_argument("--data", default="arith", help="'arith' (built-in, seeded) or a JSONL file")
-    p.add_argument("--split", choices=["train", "dev", "test"], default="test", help="arith split")
+    p.add_argument(
+        "--split",
+        choices=["train", "dev", "test"],
+        default=None,
+        help="arith split: dev (the default) to tune and compare settings, test once to report (its "
+        "configuration and code version are frozen into the run); arith-ood is test only",
+    )
     p.add_argument("--limit", type=int, default=None, help="first N items (arith default: 300)")
     p.add_argument(
         "--strategy",
@@ -84,6 +91,18 @@ def add_eval_parser(
         action="store_true",
         help="continue the run in --out: keep its finished strategies and items (same model and settings)",
     )
+    p.add_argument(
+        "--allow-code-change",
+        action="store_true",
+        help="with --resume: continue a run that other code started (recorded in the run; refused otherwise)",
+    )
+    p.add_argument(
+        "--analyze",
+        type=Path,
+        metavar="DIR",
+        help="a finished run's analysis: oracle accuracy, vote ties, stopping-rule replay, confident half, "
+        "seen/unseen templates, Holm-corrected comparisons, LoRID vs self-consistency at matched tokens",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     add_model_flags(p)
@@ -96,6 +115,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.max_sequences = DEFAULT_MAX_SEQUENCES
     if args.compare:
         return _compare(args.compare)
+    if args.analyze:
+        return _analyze(args)
     if args.table:
         from ..eval.resume import load_run
         from ..eval.summary import markdown_table, summarize, write_table_into
@@ -118,6 +139,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise InvalidRequestError(f"a strategy is listed twice: {', '.join(labels)}", param="strategy")
     _check_baseline(args.baseline, labels, "the strategies")
     return _evaluate(args)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from ..eval.analysis import analyze_run, format_analysis
+
+    report = analyze_run(args.analyze, baseline=args.baseline)
+    path = args.analyze / "analysis.json"
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(format_analysis(report), end="")
+    print(f"wrote {path}")
+    return 0
 
 
 def _check_baseline(baseline: str | None, labels: list[str], where: str) -> None:
@@ -182,11 +214,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..eval.data import load_items
     from ..eval.plots import write_plots
     from ..eval.progress import make_progress, no_progress
+    from ..eval.protocol import code_version, frozen_config, protocol_note
     from ..eval.resume import PartialLog, Previous, files_fingerprint, items_digest, load_previous, merge_runs
     from ..eval.runner import check_strategy, run_strategy
     from ..eval.summary import TABLE_FILE, markdown_table, summarize, summarize_records, write_run
 
     settings = _settings(args)
+    if args.split is None:  # tune on dev by default; arith-ood was written as a test set only
+        args.split = "test" if args.data == "arith-ood" else "dev"
     items = load_items(args.data, split=args.split, limit=args.limit, seed=args.seed)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     with _load_engine(args, settings) as engine:
@@ -201,17 +236,29 @@ def _evaluate(args: argparse.Namespace) -> int:
                 Path(model_path) if model_path else None, getattr(engine.backend, "adapter_files", {})
             ),
             "data": args.data,
-            "split": args.split if args.data == "arith" else None,
+            "split": args.split if args.data in ("arith", "arith-ood") else None,
             "items": len(items),
             "item_ids": items_digest(items),
             "settings": settings.describe(),
             "max_sequences": args.max_sequences,
             "started": started,
             "edgereason": __version__,
+            "code": code_version(),
         }
-        prev = load_previous(args.out, meta, items) if args.resume else Previous()
+        split = meta["split"]
+        if split == "test":  # reported once: the configuration is part of the run's identity
+            meta["frozen"] = frozen_config(args.strategy, settings)
+        if note := protocol_note(split):
+            print(note)
+        prev = (
+            load_previous(args.out, meta, items, allow_code_change=args.allow_code_change)
+            if args.resume
+            else Previous()
+        )
         if args.resume:
             print(f"resuming {args.out}: {prev.describe()}")
+        if prev.earlier_code:
+            meta["earlier_code"] = prev.earlier_code
         done = dict(prev.finished)
         # The run's identity goes on disk before any work, so even the first strategy can be resumed.
         runs = merge_runs(args.strategy, done)

@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from ..errors import InvalidRequestError
 from .data import EvalItem
+from .protocol import check_same_code
 from .runner import ItemRecord, StrategyRun
 from .specs import StrategySpec, parse_strategy
 from .summary import RESULTS_FILE, SUMMARY_FILE, load_records, load_summary
@@ -69,6 +70,7 @@ class Previous:
     finished: dict[str, StrategyRun] = field(default_factory=dict)
     partial: dict[str, dict[str, ItemRecord]] = field(default_factory=dict)  # label -> id -> record
     partial_wall_s: dict[str, float] = field(default_factory=dict)
+    earlier_code: list[dict[str, Any]] = field(default_factory=list)  # other code that ran part of it
 
     def describe(self) -> str:
         done = ", ".join(self.finished) or "none"
@@ -79,6 +81,10 @@ class Previous:
 def check_same_run(old: Mapping[str, Any], new: Mapping[str, Any], out: Path) -> None:
     """InvalidRequestError naming every key on which the run in ``out`` differs from this one."""
     differ = [k for k in MATCH_KEYS if old.get(k) != new.get(k)]
+    # A test run's frozen configuration: a strategy both runs list must be configured alike.
+    frozen_old, frozen_new = old.get("frozen") or {}, new.get("frozen") or {}
+    if any(frozen_old[k] != frozen_new[k] for k in frozen_old.keys() & frozen_new.keys()):
+        differ.append("frozen")
     if differ:
         details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ)
         raise InvalidRequestError(
@@ -116,13 +122,21 @@ def _partial_records(out: Path, skip: Iterable[str], ids: Iterable[str] | None =
     return prev
 
 
-def load_previous(out: Path, meta: Mapping[str, Any], items: Sequence[EvalItem]) -> Previous:
-    """The finished work in ``out`` (nothing when it holds no run), after checking it is this run."""
+def load_previous(
+    out: Path, meta: Mapping[str, Any], items: Sequence[EvalItem], allow_code_change: bool = False
+) -> Previous:
+    """The finished work in ``out`` (nothing when it holds no run), after checking it is this run, by the
+    same code (another code version is refused unless ``allow_code_change``; it is then recorded)."""
     finished: dict[str, StrategyRun] = {}
+    earlier: list[dict[str, Any]] = []
     ids = [item.id for item in items]
     if (out / SUMMARY_FILE).is_file():
         summary = load_summary(out)
-        check_same_run(summary.get("meta", {}), meta, out)
+        old = summary.get("meta", {})
+        check_same_run(old, meta, out)
+        earlier = list(old.get("earlier_code", []))
+        if check_same_code(old, meta, out, allow_code_change):
+            earlier.append(old.get("code") or {"files": None, "git": None, "version": old.get("edgereason")})
         for label, run in _finished_runs(out, summary).items():
             if [r.id for r in run.records] != ids:
                 log.warning("%s in %s is incomplete; it runs again", label, out)
@@ -135,7 +149,7 @@ def load_previous(out: Path, meta: Mapping[str, Any], items: Sequence[EvalItem])
             param="resume",
         )
     prev = _partial_records(out, finished, ids)
-    prev.finished = finished
+    prev.finished, prev.earlier_code = finished, earlier
     return prev
 
 

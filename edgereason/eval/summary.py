@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidRequestError
+from .protocol import describe_code
 from .runner import ItemRecord, StrategyRun
 
 Z95 = 1.959963984540054
@@ -277,6 +278,10 @@ def markdown_table(summary: dict[str, Any]) -> str:
         lines.append(
             f"Model {meta.get('model')}, {meta.get('items')} items of {where}, settings {meta.get('settings')}."
         )
+        if meta.get("code"):
+            mixed = " (resumed across code versions)" if meta.get("earlier_code") else ""
+            frozen = ", configuration frozen (test split)" if meta.get("frozen") else ""
+            lines.append(f"Code {describe_code(meta['code'])}{mixed}{frozen}; wall s is active time.")
     return "\n".join(lines) + "\n"
 
 
