@@ -33,6 +33,9 @@ def add_bench_parser(sub: Any, add_model_flags: Callable[[argparse.ArgumentParse
         "--big", action="store_true", help="peer: also a random Qwen2.5-0.5B-shaped q4_k_m (convert extra)"
     )
     bench.add_argument(
+        "--mlx-model", type=Path, default=None, help="lora: an mlx-lm folder of the same model"
+    )
+    bench.add_argument(
         "--out", type=Path, default=Path("bench-results"), help="where to write the JSON results"
     )
     add_model_flags(bench)
