@@ -58,8 +58,8 @@ def remote_overhead(args: argparse.Namespace) -> dict[str, Any]:
     sides run one after the other with the same thread count, so only the HTTP hop differs.
     """
     import edgereason as er
-    from edgereason.remote import load_remote
     from edgereason.models import resolve_model
+    from edgereason.remote import load_remote
 
     path = resolve_model(args.model)
     n_ctx = args.n_ctx or 1024
