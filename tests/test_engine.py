@@ -31,7 +31,9 @@ def test_greedy_is_deterministic(engine: er.Engine) -> None:
     a = engine.chat(QUESTION, max_tokens=48, temperature=0.0)
     b = engine.chat(QUESTION, max_tokens=48, temperature=0.0)
     assert a.content == b.content and a.content.strip()
-    assert a.finish_reason in ("stop", "length")
+    # Greedy talks on past 48 tokens here ("12 + 7 = 9\n\nThis is a classic example ..."), both times.
+    assert a.finish_reason == b.finish_reason == "length"
+    assert a.usage.completion_tokens == b.usage.completion_tokens == 48
 
 
 def test_stream_equals_non_stream(engine: er.Engine) -> None:
