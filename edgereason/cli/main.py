@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from .. import __version__
-from ..errors import EdgeReasonError
+from ..errors import EdgeReasonError, MissingExtraError
 
 log = logging.getLogger("edgereason")
 
@@ -333,9 +333,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# What `edgereason serve` imports from the server extra.
+_SERVER_MODULES = ("fastapi", "starlette", "uvicorn", "prometheus_client")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..server import serve
     from ..server.settings import settings_from_args
+
+    try:
+        from ..server.app import serve
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in _SERVER_MODULES:
+            raise
+        raise MissingExtraError("edgereason serve", "server") from None
 
     logging.getLogger("edgereason.server").setLevel(logging.INFO)
     if args.model_positional is not None:  # `edgereason serve MODEL`, as `vllm serve MODEL`

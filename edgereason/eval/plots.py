@@ -16,7 +16,7 @@ def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise MissingExtraError("plotting eval results (matplotlib)", "dev") from None
+        raise MissingExtraError("plotting eval results (matplotlib)", "eval") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -6,7 +6,20 @@ The server only translates HTTP to engine calls: ``create_app(engine, settings)`
 
 from __future__ import annotations
 
-from .app import create_app, serve
+from typing import TYPE_CHECKING, Any
+
 from .settings import ServerSettings
 
+if TYPE_CHECKING:
+    from .app import create_app, serve
+
 __all__ = ["ServerSettings", "create_app", "serve"]
+
+
+def __getattr__(name: str) -> Any:
+    # The app needs the server extra (FastAPI, uvicorn); the settings and the CLI's flags do not.
+    if name in ("create_app", "serve"):
+        from . import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
