@@ -20,18 +20,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from .backends.base import (
     AdapterSet,
     Backend,
     BatchItem,
     ContextFullError,
+    GrammarBackend,
     Sampler,
     SamplingParams,
     TopLogprobs,
 )
-from .errors import CapacityError, EdgeReasonError
+from .errors import CapacityError, EdgeReasonError, InvalidRequestError
 from .prefix_cache import SlotCache
 
 if TYPE_CHECKING:
@@ -46,7 +47,12 @@ log = logging.getLogger(__name__)
 ADAPTER_TURN_S = 0.05
 # Prompt tokens decoded per step while other sequences stream (chunked prefill; measured in bench peer's
 # long-prompt test: see README "Serving core").
-DEFAULT_PREFILL_CHUNK = 64
+DEFAULT_PREFILL_CHUNK = 64  # most prompt tokens one step prefills while other sequences stream
+# While others stream, a prompt chunk may take at most this many times the streams' own decode call, so
+# their inter-token gap stays within (1 + ratio) x its usual value (measured: see _prefill_limit).
+PREFILL_STALL_RATIO = 1.5
+MIN_PREFILL_CHUNK = 4
+_EMA = 0.2  # weight of the newest timing in the running averages
 
 
 class Status(str, Enum):
@@ -117,6 +123,9 @@ class Scheduler:
         self.adapter_switches = 0
         self.adapter_turn_s = ADAPTER_TURN_S
         self.prefill_chunk = DEFAULT_PREFILL_CHUNK
+        self.prefill_stall_ratio = PREFILL_STALL_RATIO
+        self._decode_call_s: float | None = None  # running average: one call of single streaming tokens
+        self._prefill_fit: float | None = None  # running estimate: prompt tokens per stall budget
         self.last_progress = time.monotonic()  # when a decode call last returned (the engine's watchdog)
         self._adapters: AdapterSet | None = None  # the set last given to the backend (None: unknown)
         self._turn_start = 0.0  # when ``_adapters`` got the context (perf_counter)
@@ -276,6 +285,28 @@ class Scheduler:
                 self.backend.remove(seq.slot, 0)
                 seq.pending[:0], seq.held, seq.n_past = seq.held, [], 0
 
+    def check_grammar(self, grammar: str, root: str) -> None:
+        """InvalidRequestError unless this backend can constrain sampling with ``grammar`` (a job checks
+        at its start, so a bad grammar or a backend without grammars fails the request before decoding)."""
+        self._grammar_backend().check_grammar(grammar, root)
+
+    def constrain(self, seq: Seq, grammar: str | None, root: str = "root") -> None:
+        """From its next sampled token on, ``seq`` samples only what a fresh ``grammar`` accepts (None:
+        anything). A strategy calls it when the answer begins: after thinking, or at once without it."""
+        if seq.sampler is None:
+            raise RuntimeError("constrain of a sequence without a sampler")
+        self._grammar_backend().set_grammar(seq.sampler, grammar, root)
+
+    def _grammar_backend(self) -> GrammarBackend:
+        if not self.caps.grammar:
+            fmt = getattr(getattr(self.backend, "info", None), "format", type(self.backend).__name__)
+            raise InvalidRequestError(
+                f"the {fmt} backend cannot constrain output (grammar, response_format, forced tool calls); "
+                "use a GGUF model (llama.cpp backend) or drop the constraint",
+                param="grammar",
+            )
+        return cast("GrammarBackend", self.backend)
+
     def pause(self, seq: Seq) -> None:
         if seq.status is Status.ACTIVE:
             seq.status = Status.PAUSED
@@ -417,10 +448,13 @@ class Scheduler:
         # sequences stream, a prompt advances one chunk of ``prefill_chunk`` tokens per step (chunked
         # prefill: no prompt freezes the streams); alone, it is decoded in calls of ``n_batch``.
         streaming = any(s.status is Status.ACTIVE and len(s.pending) == 1 for s in group)
-        limit = min(self.prefill_chunk, self.caps.n_batch) if streaming else self.caps.n_batch
         for seq in [s for s in group if len(s.pending) > 1]:
             while seq.live and seq.status is Status.ACTIVE and len(seq.pending) > 1:
-                self._run([seq], [seq.pending[: _chunk(len(seq.pending), limit, self.caps.n_batch)]])
+                limit = self._prefill_limit() if streaming else self.caps.n_batch
+                take = _chunk(len(seq.pending), limit, self.caps.n_batch)
+                t0 = time.perf_counter()
+                self._run([seq], [seq.pending[:take]])
+                self._measure_prefill(take, time.perf_counter() - t0)
                 if streaming:
                     break
         singles = [s for s in group if s.live and s.status is Status.ACTIVE and len(s.pending) == 1]
@@ -428,7 +462,31 @@ class Scheduler:
         for i in range(0, len(singles), cap):
             chunk = [s for s in singles[i : i + cap] if s.live and s.status is Status.ACTIVE and s.pending]
             if chunk:
+                t0 = time.perf_counter()
                 self._run(chunk, [s.pending[:1] for s in chunk])
+                self._decode_call_s = _average(self._decode_call_s, time.perf_counter() - t0)
+
+    def _prefill_limit(self) -> int:
+        """Prompt tokens one step may prefill while other sequences stream.
+
+        Sized so that a chunk takes about ``prefill_stall_ratio`` times the streams' decode call: every
+        streamed token then waits at most (1 + ratio) x its usual gap, whatever the model or machine (a
+        fixed chunk of 64 tokens took ~6x a decode call on SmolLM2-135M and 2 cores). Capped by
+        ``prefill_chunk``; at least MIN_PREFILL_CHUNK tokens, so a prompt always advances."""
+        cap = min(self.prefill_chunk, self.caps.n_batch)
+        if self._prefill_fit is None:
+            return cap
+        return max(MIN_PREFILL_CHUNK, min(cap, round(self._prefill_fit)))
+
+    def _measure_prefill(self, tokens: int, seconds: float) -> None:
+        """A proportional step towards the chunk that takes the stall budget: ``tokens`` took ``seconds``,
+        so the budget fits about tokens x budget / seconds (exact for a cost linear in the tokens at the
+        fixed point; the running average smooths timing noise)."""
+        if self._decode_call_s is None or seconds <= 0:
+            return
+        fit = tokens * self.prefill_stall_ratio * self._decode_call_s / seconds
+        fit = min(max(fit, MIN_PREFILL_CHUNK), float(self.caps.n_batch))
+        self._prefill_fit = _average(self._prefill_fit, fit)
 
     def _run(self, seqs: list[Seq], takes: list[list[int]]) -> None:
         """One decode call; then sample every sequence whose pending tokens are all decoded."""
@@ -528,6 +586,10 @@ def _retakes(seqs: list[Seq], takes: list[list[int]]) -> list[tuple[Seq, list[in
         for s, t in zip(seqs, takes)
         if s.live and s.status is Status.ACTIVE and s.pending
     ]
+
+
+def _average(current: float | None, sample: float) -> float:
+    return sample if current is None else (1 - _EMA) * current + _EMA * sample
 
 
 def _chunk(pending: int, limit: int, n_batch: int) -> int:

@@ -24,6 +24,7 @@ class Capabilities:
     fork: bool = True  # copy_seq shares a sequence's state; else the scheduler re-prefills
     rewind: bool = True  # remove() with from_pos > 0 works
     lora: bool = False
+    grammar: bool = False  # set_grammar/check_grammar work (GrammarBackend): GBNF-constrained sampling
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,19 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class GrammarBackend(Protocol):
+    """A backend whose samplers can be constrained by a GBNF grammar (``capabilities.grammar``)."""
+
+    def check_grammar(self, grammar: str, root: str) -> None:
+        """InvalidRequestError unless ``grammar`` (GBNF, start rule ``root``) works with this model."""
+        ...
+
+    def set_grammar(self, sampler: Sampler, grammar: str | None, root: str = "root") -> None:
+        """Constrain ``sampler`` from its next token on with a fresh ``grammar`` (None: unconstrained).
+        A sequence whose grammar is complete can only sample end-of-generation."""
+        ...
 
 
 def require_loaded(adapters: AdapterSet, loaded: Collection[str]) -> None:

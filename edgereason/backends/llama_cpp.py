@@ -23,6 +23,7 @@ import numpy as np
 from ..adapters import adapter_gguf
 from ..errors import InvalidRequestError, ModelLoadError, UnknownAdapterError
 from ..gguf_meta import read_gguf_info
+from ..structured import check_grammar
 from .base import (
     AdapterSet,
     BatchItem,
@@ -174,6 +175,31 @@ class LlamaSampler:
             add(lib.llama_sampler_init_temp(p.temperature))
             add(lib.llama_sampler_init_dist(p.seed & 0xFFFFFFFF))
         self.handle = chain
+        self._vocab = vocab
+        self._grammar: Any = None  # the grammar sampler, first in the chain while engaged
+
+    def set_grammar(self, grammar: str | None, root: str = "root") -> None:
+        """Put a fresh grammar sampler first in the chain (None: remove it).
+
+        First, so it masks the whole vocabulary before top-k/top-p/min-p pick among what is left: the
+        sampled token is always one the grammar accepts (accepting any other aborts llama.cpp). The other
+        samplers keep their state (penalty history, random generator) across the switch.
+        """
+        lib, chain = self._lib, self.handle
+        new = None
+        if grammar is not None:
+            new = lib.llama_sampler_init_grammar(self._vocab, grammar.encode("utf-8"), root.encode("utf-8"))
+            if not new:
+                raise InvalidRequestError("grammar: llama.cpp cannot use this GBNF grammar", param="grammar")
+        if self._grammar is not None:
+            lib.llama_sampler_free(lib.llama_sampler_chain_remove(chain, 0))
+            self._grammar = None
+        if new is None:
+            return
+        rest = [lib.llama_sampler_chain_remove(chain, 0) for _ in range(lib.llama_sampler_chain_n(chain))]
+        for s in (new, *rest):
+            lib.llama_sampler_chain_add(chain, s)
+        self._grammar = new
 
     def close(self) -> None:
         if self.handle is not None:
@@ -267,6 +293,7 @@ class LlamaCppBackend:
             # suffix, so the scheduler replays the kept tokens instead (copy_seq still forks the state).
             rewind=not is_recurrent(lib, model),
             lora=True,
+            grammar=True,
         )
         self.cache_types = (cache_type_k, cache_type_v)
         self.kv_bytes_per_slot = self._kv_bytes(gguf.architecture, self.capabilities.n_ctx)
@@ -373,6 +400,12 @@ class LlamaCppBackend:
 
     def make_sampler(self, params: SamplingParams) -> LlamaSampler:
         return LlamaSampler(self._lib, self.vocab, params)
+
+    def check_grammar(self, grammar: str, root: str = "root") -> None:
+        check_grammar(grammar, root, self.vocab)  # with the vocabulary: token references resolve
+
+    def set_grammar(self, sampler: Any, grammar: str | None, root: str = "root") -> None:
+        sampler.set_grammar(grammar, root)
 
     def sample(self, sampler: Any, logits: int) -> int:
         return int(self._lib.llama_sampler_sample(sampler.handle, self.ctx, logits))
