@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 import edgereason as er
+from edgereason.cli.flags import apply_env
+from edgereason.cli.main import build_parser
 
 
 def run(*args: str, timeout: int = 180) -> subprocess.CompletedProcess[str]:
@@ -140,3 +143,95 @@ def test_models_dir(tmp_path: Path, model_path: Path, monkeypatch: pytest.Monkey
     assert any(e["path"].endswith("tiny.gguf") for e in json.loads(r.stdout))
     r = run("run", "hi", "--model", "tiny", "--max-tokens", "4", "--json")
     assert r.returncode == 0, r.stderr
+
+
+# EDGEREASON_* settings: every command with model or generation flags reads them (serve through its
+# settings schema, tests/test_server_settings.py); a flag wins over the variable.
+
+
+def run_env(*args: str, env: dict[str, str], timeout: int = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgereason", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env},
+    )
+
+
+def test_run_reads_generation_settings_from_env_and_flags_win() -> None:
+    env = {"EDGEREASON_MAX_TOKENS": "3", "EDGEREASON_TEMP": "", "EDGEREASON_TEMPERATURE": "0"}
+    prompt = "Count from one to twenty in words."
+    by_env = run_env("run", prompt, "--json", "-c", "256", "-np", "1", env=env)
+    assert by_env.returncode == 0, by_env.stderr
+    first = json.loads(by_env.stdout)
+    assert (first["usage"]["completion_tokens"], first["finish_reason"]) == (3, "length")
+    by_flag = run_env("run", prompt, "--json", "-c", "256", "-np", "1", "--max-tokens", "5", env=env)
+    second = json.loads(by_flag.stdout)
+    assert (second["usage"]["completion_tokens"], second["finish_reason"]) == (5, "length")
+    # Greedy from the variable: the 5-token answer starts with the 3-token one.
+    assert second["content"].startswith(first["content"])
+
+
+def test_run_reads_the_model_from_env(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.gguf")
+    _one_line_error(run_env("run", "hi", env={"EDGEREASON_MODEL": missing}), "not found")
+    r = run_env(
+        "run", "hi", "-m", "default", "--max-tokens", "2", "--json", env={"EDGEREASON_MODEL": missing}
+    )
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize(
+    "name,value,needle",
+    [
+        ("EDGEREASON_N_CTX", "lots", "EDGEREASON_N_CTX='lots': not a valid int"),
+        ("EDGEREASON_BACKEND", "cuda", "EDGEREASON_BACKEND='cuda': use one of auto"),
+        ("EDGEREASON_THINKING", "maybe", "EDGEREASON_THINKING='maybe'"),
+        ("EDGEREASON_CACHE_TYPE_K", "q2", "EDGEREASON_CACHE_TYPE_K='q2'"),
+    ],
+)
+def test_bad_env_values_are_one_line_errors(name: str, value: str, needle: str) -> None:
+    _one_line_error(run_env("run", "hi", env={name: value}), needle)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "hi"],
+        ["chat"],
+        ["eval", "--model", "x"],
+        ["bench", "decode"],
+        ["app"],
+    ],
+)
+def test_every_model_command_reads_env(argv: list[str]) -> None:
+    env = {"EDGEREASON_N_CTX": "512", "EDGEREASON_THREADS": "3", "EDGEREASON_CACHE_TYPE_V": "q8_0"}
+    args = build_parser().parse_args(argv)
+    apply_env(args, env)
+    assert (args.n_ctx, args.threads, args.cache_type_v, args.cache_type_k) == (512, 3, "q8_0", "f16")
+    assert args.backend == "auto"
+    given = build_parser().parse_args([*argv, "-c", "1024", "--threads", "1"])
+    apply_env(given, env)
+    assert (given.n_ctx, given.threads) == (1024, 1)
+    bare = build_parser().parse_args(argv)
+    apply_env(bare, {})
+    assert (bare.n_ctx, bare.threads, bare.cache_type_v) == (None, None, "f16")
+
+
+def test_generation_env_parses_as_the_flags_do() -> None:
+    env = {"EDGEREASON_THINKING": "off", "EDGEREASON_THINKING_BUDGET": "auto", "EDGEREASON_SEED": "7"}
+    args = build_parser().parse_args(["run", "hi"])
+    apply_env(args, env)
+    assert (args.thinking, args.thinking_budget, args.seed, args.temperature) == (False, "auto", 7, None)
+
+
+def test_threads_is_t_and_temperature_is_temp() -> None:
+    # -t was temperature before; as in llama.cpp it is now threads and takes an integer.
+    _one_line_error(run("run", "hi", "-t", "0.5"), "-t")
+    args = build_parser().parse_args(["chat", "-t", "2", "--temp", "0.7"])
+    assert (args.threads, args.temperature) == (2, 0.7)
+
+
+def test_serve_takes_the_model_once() -> None:
+    _one_line_error(run("serve", "a.gguf", "--model", "b.gguf"), "give the model once")

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 from .. import __version__
 from ..errors import EdgeReasonError, MissingExtraError
+from .flags import add_adapter_flags, add_generation_flags, add_model_flags, apply_env
 
 log = logging.getLogger("edgereason")
 
@@ -20,109 +21,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _thinking(value: str) -> bool | str:
-    table: dict[str, bool | str] = {"on": True, "true": True, "off": False, "false": False, "auto": "auto"}
-    if value.lower() not in table:
-        raise argparse.ArgumentTypeError(f"invalid choice {value!r} (use on, off or auto)")
-    return table[value.lower()]
-
-
-def _budget(value: str) -> int | str:
-    if value.lower() == "auto":
-        return "auto"
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid budget {value!r} (use a token count or auto)") from None
-
-
-def add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        "-m",
-        default=None,
-        help="GGUF path, MLX or ONNX folder, openai://HOST:PORT/MODEL, 'default' (embedded SmolLM2), "
-        "or a name in $EDGEREASON_MODELS_DIR",
-    )
-    p.add_argument(
-        "--backend",
-        choices=["auto", "llama.cpp", "mlx", "onnx", "remote"],
-        default="auto",
-        help="runtime; auto picks by artefact (.gguf, MLX folder, ONNX genai folder, openai://)",
-    )
-    p.add_argument(
-        "--n-ctx",
-        "-c",
-        "--ctx-size",
-        dest="n_ctx",
-        type=int,
-        default=None,
-        help="context tokens per sequence (memory = n_ctx x sequences; llama-server's -c is the total)",
-    )
-    p.add_argument("--threads", "-t", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument(
-        "--parallel",
-        "-np",
-        "--max-sequences",
-        dest="max_sequences",
-        type=int,
-        default=None,
-        help="sequence slots decoded together (default 8)",
-    )
-    p.add_argument(
-        "--cache-type-k", choices=["f16", "q8_0", "q4_0"], default="f16", help="KV cache type of K"
-    )
-    p.add_argument(
-        "--cache-type-v",
-        choices=["f16", "q8_0", "q4_0"],
-        default="f16",
-        help="KV cache type of V (quantised: flash attention)",
-    )
-    p.add_argument(
-        "--chat-template", default=None, help="a jinja chat template file to use instead of the model's"
-    )
-    p.add_argument(
-        "--reasoning-format",
-        choices=["deepseek-r1", "qwen3", "none"],
-        default=None,
-        help="override detection",
-    )
-
-
-def add_adapter_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--adapter",
-        action="append",
-        default=None,
-        metavar="NAME=PATH[:SCALE]",
-        help="load a LoRA adapter: a llama.cpp LoRA GGUF or a PEFT folder, converted on first use (repeatable); select it with --use-adapter NAME",
-    )
-
-
-def add_generation_flags(p: argparse.ArgumentParser) -> None:
-    """Flags that map one-to-one onto GenerationOptions fields (unset flags keep the defaults)."""
-    p.add_argument("--max-tokens", type=int, default=None, help="cap on generated tokens")
-    p.add_argument("--temperature", "--temp", type=float, default=None, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--min-p", type=float, default=None)
-    p.add_argument("--repeat-penalty", type=float, default=None)
-    p.add_argument("--presence-penalty", type=float, default=None)
-    p.add_argument("--frequency-penalty", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    p.add_argument(
-        "--thinking", type=_thinking, default=None, help="on | off | auto: force thinking open or skip it"
-    )
-    p.add_argument("--thinking-budget", type=_budget, default=None, metavar="N|auto", help="token cap")
-    p.add_argument("--min-thinking", type=int, default=None, help="reasoning tokens the model must write")
-    p.add_argument("--reasoning-effort", choices=["none", "low", "medium", "high"], default=None)
-    p.add_argument("--early-exit-threshold", type=float, default=None, help="auto: exit confidence")
-    p.add_argument(
-        "--use-adapter", default=None, metavar="NAME", help="generate with this loaded LoRA adapter"
-    )
 
 
 _GEN_FIELDS = (
@@ -437,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        apply_env(args)
         return func(args)
     except EdgeReasonError as exc:
         sys.stderr.write(f"edgereason: error: {exc}\n")
