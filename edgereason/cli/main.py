@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
@@ -231,19 +232,16 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-# What `edgereason serve` imports from the server extra.
-_SERVER_MODULES = ("fastapi", "starlette", "uvicorn", "prometheus_client")
+# The server extra's packages (anyio and the rest come with them).
+_SERVER_EXTRA = ("fastapi", "uvicorn", "prometheus_client")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..server.settings import settings_from_args
 
-    try:
-        from ..server.app import serve
-    except ImportError as exc:
-        if (exc.name or "").split(".")[0] not in _SERVER_MODULES:
-            raise
-        raise MissingExtraError("edgereason serve", "server") from None
+    if any(_missing(name) for name in _SERVER_EXTRA):
+        raise MissingExtraError("edgereason serve", "server")
+    from ..server.app import serve
 
     logging.getLogger("edgereason.server").setLevel(logging.INFO)
     if args.model_positional is not None:  # `edgereason serve MODEL`, as `vllm serve MODEL`
@@ -251,6 +249,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise EdgeReasonError("give the model once: as MODEL or as --model")
         args.model = args.model_positional
     return serve(settings_from_args(args))
+
+
+def _missing(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except ValueError:  # a module set to None in sys.modules
+        return True
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
