@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,6 +39,10 @@ class Job:
         self.events: queue.Queue[Chunk | _Done | BaseException] = queue.Queue()
         self.cancel_requested = threading.Event()
         self.done = False
+        # Set by ``ChatStream.deliver_to``: events go straight to the caller (e.g. its asyncio loop) instead
+        # of the queue, so no thread has to wake per token just to hand a chunk on.
+        self._sink: Callable[[Chunk | _Done | BaseException], None] | None = None
+        self._sink_lock = threading.Lock()
 
     # engine thread -------------------------------------------------------------------------------
     def start(self, sched: Scheduler) -> None:
@@ -50,15 +54,23 @@ class Job:
 
     def emit(self, chunk: Chunk) -> None:
         if self.emit_chunks:
-            self.events.put(chunk)
+            self._put(chunk)
 
     def complete(self, result: ChatResult) -> None:
         self.done = True
-        self.events.put(_Done(result))
+        self._put(_Done(result))
 
     def fail(self, exc: BaseException) -> None:
         self.done = True
-        self.events.put(exc)
+        self._put(exc)
+
+    def _put(self, item: Chunk | _Done | BaseException) -> None:
+        with self._sink_lock:
+            if self._sink is None:
+                self.events.put(item)
+                return
+            sink = self._sink
+        sink(item)  # outside the lock: a sink never blocks, but it may take the GIL's turn
 
     # caller thread -------------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -69,7 +81,8 @@ class ChatStream:
     """Iterate to receive chunks; ``result`` holds the full result once iteration ends.
 
     Leaving the iteration early (break, exception, garbage collection) cancels the request in the
-    engine, which frees its sequences within one step.
+    engine, which frees its sequences within one step. Subclasses reshape what the engine sends by
+    overriding ``_on_chunk`` and ``_on_result`` (both run on the consumer's side).
     """
 
     def __init__(self, job: Job, wake: threading.Event | None = None) -> None:
@@ -79,22 +92,45 @@ class ChatStream:
 
     def __iter__(self) -> Iterator[Chunk]:
         try:
-            while True:
-                item = self._job.events.get()
-                if isinstance(item, _Done):
-                    self.result = item.result
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            while self.result is None:
+                yield from self.handle(self._job.events.get())
         finally:
             if self.result is None:
                 self.cancel()
+
+    def handle(self, event: object) -> list[Chunk]:
+        """The chunks one engine event yields (sets ``result`` at the end; raises the request's error)."""
+        if isinstance(event, _Done):
+            tail, self.result = self._on_result(event.result)
+            return tail
+        if isinstance(event, BaseException):
+            raise event
+        assert isinstance(event, Chunk)
+        return self._on_chunk(event)
+
+    def _on_chunk(self, chunk: Chunk) -> list[Chunk]:
+        return [chunk]
+
+    def _on_result(self, result: ChatResult) -> tuple[list[Chunk], ChatResult]:
+        return [], result
 
     def cancel(self) -> None:
         self._job.cancel()
         if self._wake is not None:
             self._wake.set()
+
+    def deliver_to(self, sink: Callable[[object], None]) -> None:
+        """Hand every engine event to ``sink`` (called on the engine thread; it must not block) instead of
+        queueing it for iteration; the consumer passes each to ``handle``. Events already queued are
+        handed over first, in order."""
+        job = self._job
+        with job._sink_lock:
+            while True:
+                try:
+                    sink(job.events.get_nowait())
+                except queue.Empty:
+                    break
+            job._sink = sink
 
     def wait(self) -> ChatResult:
         """Drain the stream and return the result."""

@@ -1,16 +1,19 @@
-"""The generation calls users make (``chat``, ``stream``, ``complete``, ``stream_completion``) and the
-context-manager protocol, shared by the local :class:`~edgereason.engine.Engine` and the
-:class:`~edgereason.remote.RemoteEngine`: each implements the two ``_submit_*`` methods."""
+"""The generation calls users make (``chat``, ``stream``, ``complete``, ``stream_completion``, their
+asyncio forms ``achat``/``astream``/``acomplete``, and ``chat_many``) and the context-manager protocol,
+shared by the local :class:`~edgereason.engine.Engine` and the :class:`~edgereason.remote.RemoteEngine`:
+each implements the two ``_submit_*`` methods."""
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
+from .errors import CapacityError
 from .job import ChatStream
 from .options import GenerationOptions
-from .result import ChatResult
+from .result import ChatResult, Chunk
 
 _S = TypeVar("_S", bound="ChatSurface")
 
@@ -39,6 +42,50 @@ class ChatSurface(ABC):
     ) -> ChatStream:
         return self._submit_completion(prompt, options, fields, emit_chunks=True)
 
+    def chat_many(
+        self, conversations: Sequence[Sequence[Any]], options: GenerationOptions | None = None, **fields: Any
+    ) -> list[ChatResult]:
+        """Replies to many conversations, in their order; the engine decodes them together (vLLM's
+        ``LLM.chat`` over a list). A full request queue only delays the rest until earlier ones finish."""
+        pending: list[ChatStream] = []
+        results: list[ChatResult] = []
+        try:
+            for messages in conversations:
+                while True:
+                    try:
+                        pending.append(self._submit_chat(messages, options, fields, emit_chunks=False))
+                        break
+                    except CapacityError:
+                        if len(results) == len(pending):
+                            raise  # nothing of ours to wait for: the queue is full of other work
+                        results.append(pending[len(results)].wait())
+            results += [s.wait() for s in pending[len(results) :]]
+        finally:
+            for s in pending[len(results) :]:
+                s.cancel()
+        return results
+
+    async def achat(
+        self, messages: Sequence[Any], options: GenerationOptions | None = None, **fields: Any
+    ) -> ChatResult:
+        """``chat`` for asyncio: the loop runs on while the engine decodes; cancelling cancels the request."""
+        stream = await asyncio.to_thread(self._submit_chat, messages, options, fields, emit_chunks=False)
+        return await _await_result(stream)
+
+    async def acomplete(
+        self, prompt: str, options: GenerationOptions | None = None, **fields: Any
+    ) -> ChatResult:
+        stream = await asyncio.to_thread(self._submit_completion, prompt, options, fields, emit_chunks=False)
+        return await _await_result(stream)
+
+    async def astream(
+        self, messages: Sequence[Any], options: GenerationOptions | None = None, **fields: Any
+    ) -> AsyncIterator[Chunk]:
+        """``stream`` for asyncio: ``async for chunk in engine.astream(...)``; leaving early cancels."""
+        stream = await asyncio.to_thread(self._submit_chat, messages, options, fields, emit_chunks=True)
+        async for chunk in aiter_chunks(stream):
+            yield chunk
+
     @abstractmethod
     def _submit_chat(
         self,
@@ -62,3 +109,33 @@ class ChatSurface(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def aiter_chunks(stream: ChatStream) -> AsyncIterator[Chunk]:
+    """Chunks of ``stream`` without blocking the event loop; leaving the iteration early cancels the
+    request. ``stream.result`` is set once it ends. The engine thread hands each event straight to the
+    loop (``ChatStream.deliver_to``): no thread per stream, no extra wake-up per token."""
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[object] = asyncio.Queue()
+
+    def put(event: object) -> None:
+        try:
+            loop.call_soon_threadsafe(inbox.put_nowait, event)
+        except RuntimeError:  # the loop is gone (shutdown): nobody is listening
+            stream.cancel()
+
+    stream.deliver_to(put)
+    try:
+        while stream.result is None:
+            for chunk in stream.handle(await inbox.get()):
+                yield chunk
+    finally:
+        if stream.result is None:
+            stream.cancel()
+
+
+async def _await_result(stream: ChatStream) -> ChatResult:
+    async for _ in aiter_chunks(stream):
+        pass
+    assert stream.result is not None
+    return stream.result

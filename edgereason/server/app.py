@@ -23,6 +23,7 @@ from ..adapters import check_adapter_name, inside_dir, parse_adapter_spec
 from ..errors import EdgeReasonError, InvalidRequestError, ModelLoadError
 from ..options import GenerationOptions
 from ..result import ChatResult, Chunk, ToolCallChunk
+from ..surface import aiter_chunks
 from ..tools import TOOL_FIELDS
 from . import schemas
 from .errors import (
@@ -257,45 +258,11 @@ def _adapter_scales(settings: ServerSettings) -> dict[str, float]:
     return {name: parse_adapter_spec(f"{name}={rest}").scale for name, rest in settings.adapter.items()}
 
 
-# -- bridging the engine's blocking stream to asyncio ---------------------------------------------
-_END = object()
-
-
-async def _aiter_chunks(stream: ChatStream) -> AsyncIterator[Chunk]:
-    """Chunks of ``stream`` without blocking the event loop: one pump thread per stream."""
-    loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue[Any] = asyncio.Queue()
-
-    def put(item: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(inbox.put_nowait, item)
-        except RuntimeError:  # the loop is gone (shutdown): nobody is listening
-            stream.cancel()
-
-    def pump() -> None:
-        end: Any = _END
-        try:
-            for chunk in stream:
-                put(chunk)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            end = exc
-        put(end)
-
-    threading.Thread(target=pump, name="edgereason-http-stream", daemon=True).start()
-    while True:
-        item = await inbox.get()
-        if item is _END:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
-
-
 async def _collect(stream: ChatStream, request: Request, timer: RequestTimer) -> ChatResult | None:
     """The whole result; None (and the request cancelled) if the client goes away first."""
 
     async def drain() -> ChatResult:
-        async for _ in _aiter_chunks(stream):
+        async for _ in aiter_chunks(stream):
             timer.chunk()
         assert stream.result is not None
         return stream.result
@@ -378,7 +345,7 @@ async def _stream_events(
         for line in head():
             yield line
         try:
-            async for chunk in _aiter_chunks(stream):
+            async for chunk in aiter_chunks(stream):
                 timer.chunk()
                 yield piece(chunk)
         except Exception as exc:  # failed mid-stream: the status line is already sent

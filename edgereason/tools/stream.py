@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterator
 
 from ..job import ChatStream
-from ..result import Choice, Chunk, ToolCall, ToolCallChunk
+from ..result import ChatResult, Choice, Chunk, ToolCall, ToolCallChunk
 from .parse import Event, ParsedCall, ToolCallParser, ToolFormat
 
 log = logging.getLogger(__name__)
@@ -58,29 +58,26 @@ class ToolCallStream(ChatStream):
     def __init__(self, stream: ChatStream, fmt: ToolFormat, names: frozenset[str], parallel: bool) -> None:
         super().__init__(stream._job, stream._wake)
         self.fmt, self.names, self.parallel = fmt, names, parallel
+        self._parsers: dict[int, _ChoiceCalls] = {}
 
-    def __iter__(self) -> Iterator[Chunk]:
-        parsers: dict[int, _ChoiceCalls] = {}
+    def _of(self, index: int) -> _ChoiceCalls:
+        if index not in self._parsers:
+            self._parsers[index] = _ChoiceCalls(index, self.fmt, self.names, self.parallel)
+        return self._parsers[index]
 
-        def of(index: int) -> _ChoiceCalls:
-            if index not in parsers:
-                parsers[index] = _ChoiceCalls(index, self.fmt, self.names, self.parallel)
-            return parsers[index]
+    def _on_chunk(self, chunk: Chunk) -> list[Chunk]:
+        if chunk.channel != "content":
+            return [chunk]
+        st = self._of(chunk.index)
+        return list(st.take(st.parser.feed(chunk.text)))
 
-        streamed = self._job.emit_chunks
-        for chunk in super().__iter__():
-            if chunk.channel == "content":
-                st = of(chunk.index)
-                yield from st.take(st.parser.feed(chunk.text))
-            else:
-                yield chunk
-        raw = self.result
-        assert raw is not None
+    def _on_result(self, result: ChatResult) -> tuple[list[Chunk], ChatResult]:
+        tail: list[Chunk] = []
         choices = []
-        for choice in raw.choices:
-            st = of(choice.index)
-            if not streamed:  # no chunks came: parse the whole content
-                yield from st.take(st.parser.feed(choice.content))
-            yield from st.take(st.parser.flush())
+        for choice in result.choices:
+            st = self._of(choice.index)
+            if not self._job.emit_chunks:  # no chunks came: parse the whole content
+                tail += st.take(st.parser.feed(choice.content))
+            tail += st.take(st.parser.flush())
             choices.append(st.finish(choice))
-        self.result = dataclasses.replace(raw, choices=choices)
+        return tail, dataclasses.replace(result, choices=choices)
