@@ -32,6 +32,7 @@ from .scheduler import Scheduler
 from .strategies.generate import GenerateJob
 from .surface import ChatSurface
 from .tools import ToolCallStream, ToolFormat, ToolRequest, detect_tool_format, pop_tool_fields
+from .tools.builtin import DEFAULT_TOOL_TIMEOUT_S, ToolRunner
 from .tools.parse import template_supports_tools
 from .tools.render import fallback_messages
 
@@ -42,6 +43,9 @@ ADAPTER_CALL_TIMEOUT_S = 120.0
 # No decode call returned and no loop iteration began for this long while work is queued: the engine
 # is reported wedged (``stopped_reason``) and refuses new work. One decode call is at most n_batch tokens.
 DEFAULT_WEDGE_TIMEOUT_S = 60.0
+# While every running sequence waits on a built-in tool the loop sleeps until one returns, waking this
+# often to notice a tool worker that never answers.
+TOOL_WAIT_S = 1.0
 
 
 class _Control:
@@ -73,6 +77,8 @@ class Engine(ChatSurface):
         name: str | None = None,
         default_adapters: AdapterSet = (),
         wedge_timeout_s: float = DEFAULT_WEDGE_TIMEOUT_S,
+        unsafe_python_tool: bool = False,
+        python_tool_timeout_s: float = DEFAULT_TOOL_TIMEOUT_S,
     ) -> None:
         self.backend = backend
         # Adapters a request gets when it names none (a packaged student = base + its LoRA adapter).
@@ -98,6 +104,10 @@ class Engine(ChatSurface):
         self.created = int(time.time())  # when it was loaded: /v1/models reports it as "created"
         self.scheduler = Scheduler(backend)
         self._inbox: queue.Queue[Job | _Control | None] = queue.Queue()
+        # The built-in Python tool's workers post their results back through the inbox.
+        self.tools = ToolRunner(self._post, unsafe=unsafe_python_tool, timeout_s=python_tool_timeout_s)
+        self.scheduler.tool_runner = self.tools
+        self._parked = False  # the last step found nothing to decode: every running job waits on a tool
         # Read by caller threads; replaced (never mutated) by the engine thread.
         self._adapter_names: frozenset[str] = frozenset(getattr(backend, "adapter_names", ()))
         self._wake = threading.Event()
@@ -226,6 +236,8 @@ class Engine(ChatSurface):
         self, prompt: PreparedPrompt, opts: GenerationOptions, *, question: str | None = None
     ) -> Job:
         """The strategy that serves ``opts``; ``question`` is the user's text (LoRID re-prompts each role)."""
+        if opts.builtin_tools:
+            self.tools.check_available()
         if opts.uses_lorid:
             from .strategies.lorid import LoridJob
 
@@ -361,6 +373,14 @@ class Engine(ChatSurface):
         self._wake.set()
         return msg.future.result(timeout=ADAPTER_CALL_TIMEOUT_S)
 
+    def _post(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the engine thread at its next turn (a tool worker's result); dropped once stopped."""
+        with self._lock:
+            if self._died is not None or self._closed:
+                return
+            self._inbox.put(_Control(fn))
+        self._wake.set()
+
     # -- introspection -----------------------------------------------------------------------------
     @property
     def live_sequences(self) -> int:
@@ -400,6 +420,7 @@ class Engine(ChatSurface):
         self._closed = True
         self._inbox.put(None)
         self._wake.set()
+        self.tools.close()
         self._thread.join(timeout=30)
         if self._thread.is_alive():  # wedged inside the backend: freeing it under a running call would crash
             log.error("the engine thread did not stop; the backend is left open")
@@ -413,6 +434,9 @@ class Engine(ChatSurface):
                 if not self._running and not self._waiting and self._inbox.empty():
                     self._beat = None
                     self._wake.wait()
+                elif self._parked:  # waiting on tools only: not a wedge; a result or new work wakes us
+                    self._beat = None
+                    self._wake.wait(TOOL_WAIT_S)
                 self._beat = time.monotonic()
                 self._wake.clear()
                 try:
@@ -433,16 +457,24 @@ class Engine(ChatSurface):
             return True
         self._reap_cancelled()
         self._admit()
+        self._parked = False
         if not self._running:
             return False
+        if self.tools.busy:  # a tool worker that never answers stalls its request, busy engine or not
+            now = time.monotonic()
+            for job in [j for j in self._running if self.tools.overdue(j, now)]:
+                self.scheduler.fault(job, RuntimeError("request stalled: the Python tool did not return"))
+            self._retire()
         progressed = self.scheduler.step()
         self._retire()
         if not progressed and self._running:
-            # Jobs waiting on nothing the scheduler can advance would spin forever.
-            for job in self._running:
+            # Jobs waiting on nothing the scheduler can advance would spin forever; a job whose sequences
+            # wait on a built-in tool run is not stalled: the loop sleeps until a worker posts its result.
+            for job in [j for j in self._running if not self.tools.waiting(j)]:
                 self.scheduler.fault(job, RuntimeError("request stalled: no sequence can make progress"))
             self._retire()
-        if self._running or self._waiting:
+            self._parked = bool(self._running)
+        if (self._running or self._waiting) and not self._parked:
             self._wake.set()
         return False
 

@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from .errors import InvalidRequestError
+from .tools.builtin import DEFAULT_MAX_TOOL_CALLS, check_builtin_tools
 
 DEFAULT_TEMPERATURE = 0.7
 MAX_STOP_STRINGS = 8
@@ -167,6 +168,18 @@ class GenerationOptions(BaseModel):
         default=None, description="'lorid': the multi-LoRA loop"
     )
     lorid: LoridOptions | None = Field(default=None, description="LoRID settings (implies strategy 'lorid')")
+    # -- the built-in Python tool (tools/builtin.py): the engine runs the model's code blocks ------
+    builtin_tools: tuple[str, ...] = Field(
+        default=(),
+        max_length=4,
+        description="tools the engine runs itself when the model writes for them: python",
+    )
+    max_tool_calls: int = Field(
+        default=DEFAULT_MAX_TOOL_CALLS,
+        ge=0,
+        le=64,
+        description="code blocks run per choice; later ones stay text",
+    )
 
     @field_validator("self_consistency", mode="before")
     @classmethod
@@ -174,6 +187,18 @@ class GenerationOptions(BaseModel):
         if isinstance(v, int) and not isinstance(v, bool):
             return {"samples": v}
         return v
+
+    @field_validator("builtin_tools", mode="before")
+    @classmethod
+    def _tool_names(cls, v: Any) -> Any:
+        if v is None:
+            return ()
+        return (v,) if isinstance(v, str) else v
+
+    @field_validator("builtin_tools")
+    @classmethod
+    def _known_tools(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return check_builtin_tools(v)
 
     @field_validator("logit_bias", mode="before")
     @classmethod

@@ -58,24 +58,35 @@ class TokenLogprob:
 class Usage:
     """Token counts of one request. ``completion_tokens`` counts every token generated for it: the
     choices' own (``reasoning_tokens`` among them) and the early-exit probes' (``probe_tokens``: each
-    forked trial prefix and trial answer, decoded beside the choice but never part of its text)."""
+    forked trial prefix and trial answer, decoded beside the choice but never part of its text) and the
+    built-in tool's output (``tool_tokens``: decoded into the choice's text but not written by the model,
+    so not in a choice's own ``completion_tokens``; the tool ran ``tool_calls`` times, ``tool_wall_s``
+    seconds in all)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reasoning_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens whose KV was reused from an earlier request (not decoded)
     probe_tokens: int = 0
+    tool_tokens: int = 0
+    tool_calls: int = 0
+    tool_wall_s: float = 0.0
 
     @classmethod
     def of_choices(cls, prompt_tokens: int, choices: Sequence[Choice], cached_tokens: int = 0) -> Usage:
         """The usage of a request whose generated tokens are those of ``choices`` and their probes."""
         probes = sum(choice_probe_tokens(c) for c in choices)
+        tools = [c.extra["python_tool"] for c in choices if "python_tool" in c.extra]
+        tool_tokens = sum(t["tokens"] for t in tools)
         return cls(
             prompt_tokens=prompt_tokens,
-            completion_tokens=sum(c.completion_tokens for c in choices) + probes,
+            completion_tokens=sum(c.completion_tokens for c in choices) + probes + tool_tokens,
             reasoning_tokens=sum(c.reasoning_tokens for c in choices),
             cached_tokens=cached_tokens,
             probe_tokens=probes,
+            tool_tokens=tool_tokens,
+            tool_calls=sum(t["calls"] for t in tools),
+            tool_wall_s=round(sum(t["wall_s"] for t in tools), 4),
         )
 
     @property
@@ -91,6 +102,7 @@ class Usage:
             "completion_tokens_details": {
                 "reasoning_tokens": self.reasoning_tokens,
                 "probe_tokens": self.probe_tokens,
+                **({"tool_tokens": self.tool_tokens} if self.tool_calls else {}),
             },
         }
 

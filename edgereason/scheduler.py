@@ -37,6 +37,7 @@ from .prefix_cache import SlotCache
 
 if TYPE_CHECKING:
     from .job import Job
+    from .tools.builtin import ToolRunner
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class Scheduler:
         self.seqs: list[Seq] = []
         self._owned: dict[Job, int] = {}  # live sequences per owning job
         self.acting: Job | None = None  # the job whose code runs now (owner of what it spawns)
+        self.tool_runner: ToolRunner | None = None  # runs the built-in tool's code off this thread (engine)
         self.steps = 0
         self.decoded_tokens = 0
         self.adapter_switches = 0

@@ -1,8 +1,8 @@
 """Request and response shapes of the OpenAI-compatible endpoints.
 
 Requests name the OpenAI fields with their types (for validation and the OpenAPI schema) and
-allow extra fields: those are EdgeReason's options (``thinking``, ``thinking_budget``, ...), passed
-to ``GenerationOptions`` by name so new options need no server change.
+allow extra fields: those are EdgeReason's options (``thinking``, ``thinking_budget``,
+``builtin_tools``, ...), passed to ``GenerationOptions`` by name so new options need no server change.
 """
 
 from __future__ import annotations
@@ -257,8 +257,12 @@ def chat_message(choice: Choice) -> dict[str, Any]:
 
 
 def edgereason_report(result: ChatResult) -> dict[str, Any]:
-    """The ``edgereason`` object: per-choice reasoning facts and any strategy reports."""
+    """The ``edgereason`` object: per-choice reasoning facts and any strategy reports; with the built-in
+    Python tool on, ``tool_calls``: how many code blocks ran for the request and their wall time."""
     c = result.choices[0]
+    usage = result.usage
+    tools_on = usage.tool_calls > 0 or any("python_tool" in x.extra for x in result.choices)
+    tool_calls = {"count": usage.tool_calls, "wall_s": usage.tool_wall_s, "tokens": usage.tool_tokens}
     return {
         "thinking_stopped_by": c.thinking_stopped_by,
         "answer": c.answer,
@@ -274,6 +278,7 @@ def edgereason_report(result: ChatResult) -> dict[str, Any]:
             }
             for x in result.choices
         ],
+        **({"tool_calls": tool_calls} if tools_on else {}),
         **result.extra,
     }
 

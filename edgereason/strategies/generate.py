@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING
 from ..answers import AnswerFormat, Extracted
 from ..backends.base import AdapterSet, SamplingParams, TopLogprobs
 from ..chat.reasoning import Channel, ChannelSplitter
+from ..errors import EdgeReasonError
 from ..job import Job, PreparedPrompt
 from ..options import GenerationOptions
 from ..result import ChatResult, Choice, Chunk, FinishReason, TokenLogprob, Usage
 from ..signals import answer_confidence, final_answer, think_answer_mismatch
+from ..tools.builtin import CodeBlock, CodeWatcher, ToolOutcome, output_text
 from .budget import ThinkingController, make_thinking_controller
 
 if TYPE_CHECKING:
@@ -102,12 +104,21 @@ class ChoiceDecoder:
     logprobs_streamed: int = 0  # token_logprobs already sent with a chunk
     seq: Seq | None = None
     thinking: ThinkingController | None = field(init=False, default=None)  # budgets, early exit, loop guard
+    # The built-in Python tool: the watcher finds closed code blocks in what the model writes; runs and
+    # the tokens of their injected output are counted apart from the model's own (see tools/builtin.py).
+    code_watch: CodeWatcher | None = field(init=False, default=None)
+    tool_calls: int = field(init=False, default=0)
+    tool_errors: int = field(init=False, default=0)
+    tool_tokens: int = field(init=False, default=0)
+    tool_wall_s: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
         plan = self.prompt.plan
         self.thinking = make_thinking_controller(self.opts, plan)
         self.splitter = ChannelSplitter(starts_in_reasoning=plan.starts_in_reasoning, may_open=plan.may_open)
         self.stops = StopMatcher(self.opts.stop)
+        if "python" in self.opts.builtin_tools:
+            self.code_watch = CodeWatcher()
         if plan.thinking_disabled:
             self.thinking_stopped_by = "disabled"
         if self.opts.logprobs or self.opts.top_logprobs:
@@ -150,6 +161,47 @@ class ChoiceDecoder:
             self.thinking.after_token(self, seq, token, text)
         if not self.finished and self.completion_tokens >= self.max_tokens:
             self.end(seq, "length")
+        elif not self.finished and self.code_watch is not None:
+            block = self.code_watch.feed(text)
+            if block is not None and self.tool_calls < self.opts.max_tool_calls:
+                self._run_tool(seq, block)
+
+    # -- the built-in Python tool --------------------------------------------------------------------
+    def _run_tool(self, seq: Seq, block: CodeBlock) -> None:
+        """Pause ``seq`` (its last token stays undecoded) while a worker runs the block."""
+        runner = self.sched.tool_runner
+        if runner is None:
+            raise EdgeReasonError(
+                "the built-in Python tool needs an engine (this scheduler has no tool runner)"
+            )
+        job = self.job
+        self.tool_calls += 1
+        self.sched.pause(seq)
+        runner.submit(job, block.code, lambda out: self.sched.guarded(job, self._tool_done, seq, block, out))
+
+    def _tool_done(self, seq: Seq, block: CodeBlock, outcome: ToolOutcome) -> None:
+        """On the engine thread: inject the output and resume (a cancelled choice drops it)."""
+        if self.finished or not seq.live:
+            return
+        if isinstance(outcome, BaseException):
+            raise outcome  # the sandbox could not run at all: the request fails, never the engine
+        self.tool_wall_s += outcome.wall_s
+        self.tool_errors += not outcome.ok
+        text = output_text(outcome, block.after)
+        tokens = self.sched.backend.tokenize(text)
+        self.sched.inject(seq, tokens)
+        self.tool_tokens += len(tokens)
+        # Not the model's text: no stop strings, no reasoning tokens (budgets count the model's only).
+        self._route(self.splitter.feed(self.stops.flush() + text))
+        self.sched.resume(seq)
+
+    def tool_report(self) -> dict[str, float | int]:
+        return {
+            "calls": self.tool_calls,
+            "errors": self.tool_errors,
+            "tokens": self.tool_tokens,
+            "wall_s": round(self.tool_wall_s, 4),
+        }
 
     def on_ready(self, seq: Seq) -> None:  # pragma: no cover - decoders always sample
         pass
@@ -242,7 +294,11 @@ class ChoiceDecoder:
             answer=found.normalized if found else None,
             thinking_stopped_by=self.thinking_stopped_by,
             logprobs=self.token_logprobs,
-            extra={**signals, **(self.thinking.report() if self.thinking is not None else {})},
+            extra={
+                **signals,
+                **(self.thinking.report() if self.thinking is not None else {}),
+                **({"python_tool": self.tool_report()} if self.code_watch is not None else {}),
+            },
         )
 
 

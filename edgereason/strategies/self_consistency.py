@@ -78,6 +78,12 @@ class SampleReport:
             "answer_confidence": self.answer_confidence,
             "think_answer_mismatch": self.think_answer_mismatch,
             "reasoning": self.choice.reasoning,
+            # Each sample runs its own code blocks (the built-in tool): its calls, errors, tokens, time.
+            **(
+                {"python_tool": self.choice.extra["python_tool"]}
+                if "python_tool" in self.choice.extra
+                else {}
+            ),
         }
 
 
