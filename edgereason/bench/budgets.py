@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n = getattr(args, "problems", 30) or 30
     answer_tokens = getattr(args, "answer_tokens", 48) or 48
     max_think = getattr(args, "tokens", 256) or 256
-    items = load_items("arith", split="test", limit=n)
+    items = load_items("arith", split="dev", limit=n)  # a comparison of settings: dev, not test
     engine = er.load(
         str(resolve_model(args.model)),
         n_ctx=args.n_ctx or max_think + answer_tokens + 256,
