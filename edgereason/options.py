@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -14,9 +16,11 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from .errors import InvalidRequestError
+from .structured import DEFAULT_GRAMMAR_ROOT, MAX_GRAMMAR_CHARS, check_grammar, grammar_for_response_format
 from .tools.builtin import DEFAULT_MAX_TOOL_CALLS, check_builtin_tools
 
 DEFAULT_TEMPERATURE = 0.7
@@ -180,6 +184,20 @@ class GenerationOptions(BaseModel):
         le=64,
         description="code blocks run per choice; later ones stay text",
     )
+    # -- structured output (structured.py): constrains the answer only, after any thinking ---------
+    grammar: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_GRAMMAR_CHARS,
+        description="GBNF (llama.cpp's grammar format) the answer must match; thinking before it is free",
+    )
+    grammar_root: str = Field(
+        default=DEFAULT_GRAMMAR_ROOT, pattern=r"^[a-zA-Z0-9-]+$", description="the grammar's start rule"
+    )
+    response_format: dict[str, Any] | None = Field(
+        default=None,
+        description="OpenAI's response_format: text, json_object or json_schema (a grammar for the answer)",
+    )
 
     @field_validator("self_consistency", mode="before")
     @classmethod
@@ -187,6 +205,44 @@ class GenerationOptions(BaseModel):
         if isinstance(v, int) and not isinstance(v, bool):
             return {"samples": v}
         return v
+
+    @field_validator("response_format")
+    @classmethod
+    def _known_format(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            grammar_for_response_format(v)  # InvalidRequestError naming the bad field
+        return v
+
+    @model_validator(mode="after")
+    def _one_grammar(self) -> GenerationOptions:
+        if self.grammar is not None:
+            if self.response_format is not None and self.response_format.get("type") != "text":
+                raise InvalidRequestError(
+                    "give either grammar or a JSON response_format, not both", param="grammar"
+                )
+            check_grammar(self.grammar, self.grammar_root)
+        if self.answer_grammar is not None and self.uses_lorid:
+            raise InvalidRequestError(
+                "LoRID's roles write knowledge and reasoning, not the answer alone: it takes no grammar",
+                param="grammar",
+            )
+        if self.answer_grammar is not None and self.early_exit_answer == "trial":
+            raise InvalidRequestError(
+                "early_exit_answer 'trial' writes the answer itself, so a grammar cannot constrain it; "
+                "use early_exit_answer 'model'",
+                param="early_exit_answer",
+            )
+        return self
+
+    @property
+    def answer_grammar(self) -> tuple[str, str] | None:
+        """(GBNF, root rule) the answer must match: ``grammar``, else ``response_format``'s; None if free."""
+        if self.grammar is not None:
+            return self.grammar, self.grammar_root
+        if self.response_format is None:
+            return None
+        gbnf = _response_format_grammar(json.dumps(self.response_format, sort_keys=True))
+        return (gbnf, DEFAULT_GRAMMAR_ROOT) if gbnf is not None else None
 
     @field_validator("builtin_tools", mode="before")
     @classmethod
@@ -355,6 +411,11 @@ class GenerationOptions(BaseModel):
             return cls.model_validate(data)
         except ValidationError as exc:
             raise validation_error(exc) from None
+
+
+@functools.lru_cache(maxsize=64)
+def _response_format_grammar(key: str) -> str | None:
+    return grammar_for_response_format(json.loads(key))
 
 
 def validation_error(exc: ValidationError) -> InvalidRequestError:

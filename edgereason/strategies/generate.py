@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 
 from ..answers import AnswerFormat, Extracted
 from ..backends.base import AdapterSet, SamplingParams, TopLogprobs
-from ..chat.reasoning import Channel, ChannelSplitter
+from ..chat.reasoning import CLOSE_TAG, Channel, ChannelSplitter, State
 from ..errors import EdgeReasonError
 from ..job import Job, PreparedPrompt
 from ..options import GenerationOptions
 from ..result import ChatResult, Choice, Chunk, FinishReason, TokenLogprob, Usage
 from ..signals import answer_confidence, final_answer, think_answer_mismatch
+from ..structured import think_or_answer
 from ..tools.builtin import CodeBlock, CodeWatcher, ToolOutcome, output_text
 from .budget import ThinkingController, make_thinking_controller
 
@@ -104,6 +105,10 @@ class ChoiceDecoder:
     logprobs_streamed: int = 0  # token_logprobs already sent with a chunk
     seq: Seq | None = None
     thinking: ThinkingController | None = field(init=False, default=None)  # budgets, early exit, loop guard
+    # The answer's grammar (GBNF, root) and what the sampler is constrained by now: "free" while thinking,
+    # "open" before the model has chosen between opening <think> and answering, "answer" after.
+    grammar: tuple[str, str] | None = field(init=False, default=None)
+    grammar_mode: str = field(init=False, default="free")
     # The built-in Python tool: the watcher finds closed code blocks in what the model writes; runs and
     # the tokens of their injected output are counted apart from the model's own (see tools/builtin.py).
     code_watch: CodeWatcher | None = field(init=False, default=None)
@@ -117,6 +122,7 @@ class ChoiceDecoder:
         self.thinking = make_thinking_controller(self.opts, plan)
         self.splitter = ChannelSplitter(starts_in_reasoning=plan.starts_in_reasoning, may_open=plan.may_open)
         self.stops = StopMatcher(self.opts.stop)
+        self.grammar = self.opts.answer_grammar
         if "python" in self.opts.builtin_tools:
             self.code_watch = CodeWatcher()
         if plan.thinking_disabled:
@@ -141,14 +147,35 @@ class ChoiceDecoder:
         self.seq = seq
         if self.thinking is not None:
             self.thinking.start(self, seq, forked=forked)
+        self.constrain_answer(seq)
+
+    def constrain_answer(self, seq: Seq) -> None:
+        """Keep the sampler's grammar in step with the channel: none while thinking, the answer's grammar
+        from the first token after the think block closes (or at once without thinking). Before the model
+        has chosen whether to open <think> itself, the grammar allows either the tag or the answer."""
+        if self.grammar is None or seq.sampler is None or not seq.live:
+            return
+        state = self.splitter.state
+        want = "free" if state is State.REASONING else "open" if state is State.START else "answer"
+        if want == "answer" and self.grammar_mode == "open":
+            self.grammar_mode = "answer"  # the model took the answer branch: the same grammar goes on
+        if want == self.grammar_mode:
+            return
+        gbnf, root = self.grammar
+        if want == "open":
+            gbnf, root = think_or_answer(gbnf, root)
+        self.sched.constrain(seq, None if want == "free" else gbnf, root)
+        self.grammar_mode = want
 
     def on_token(self, seq: Seq, token: int, text: str, logprobs: TopLogprobs | None) -> None:
         policy = self.thinking
         if policy is not None and self.in_reasoning and policy.before_token(self, seq, token, text, logprobs):
             return  # the thinking policy took this token over (cap, "Wait", an early-exit probe)
-        if self.sched.backend.is_eog(token) and not self.opts.ignore_eos:
-            seq.pending.clear()
+        if self.sched.backend.is_eog(token) and (not self.opts.ignore_eos or self.grammar_mode == "answer"):
+            seq.pending.clear()  # under a grammar, end-of-generation means the grammar is complete
             self.end(seq, "stop")
+            return
+        if self.grammar is not None and self._close_then_answer(seq, text):
             return
         self.completion_tokens += 1
         if logprobs is not None:
@@ -193,6 +220,8 @@ class ChoiceDecoder:
         self.tool_tokens += len(tokens)
         # Not the model's text: no stop strings, no reasoning tokens (budgets count the model's only).
         self._route(self.splitter.feed(self.stops.flush() + text))
+        if self.grammar is not None:
+            self.constrain_answer(seq)
         self.sched.resume(seq)
 
     def tool_report(self) -> dict[str, float | int]:
@@ -205,6 +234,21 @@ class ChoiceDecoder:
 
     def on_ready(self, seq: Seq) -> None:  # pragma: no cover - decoders always sample
         pass
+
+    def _close_then_answer(self, seq: Seq, text: str) -> bool:
+        """A token that closes the think block and starts the answer (``</think>{``): the grammar never saw
+        that start, so only the close is kept (forced) and the grammar samples the answer. True: handled."""
+        if not self.splitter.closes_with(text):
+            return False
+        whole = self.splitter.held + text
+        after = whole[whole.find(CLOSE_TAG) + len(CLOSE_TAG) :]
+        if not after.strip():
+            return False
+        self.sched.rewind(seq, 1)
+        self.inject_text(seq, text[: len(text) - len(after)])
+        if not self.finished and self.completion_tokens >= self.max_tokens:
+            self.end(seq, "length")
+        return True
 
     def on_context_full(self, seq: Seq) -> None:
         self._finalize(seq, "length")
@@ -222,6 +266,8 @@ class ChoiceDecoder:
         if stopped:
             seq.pending.clear()
             self.end(seq, "stop")
+        elif self.grammar is not None:
+            self.constrain_answer(seq)
 
     def inject_text(self, seq: Seq, text: str) -> int:
         """Force ``text`` into the sequence as if generated; returns its token count."""
@@ -343,6 +389,8 @@ class GenerateJob(Job):
 
     def start(self, sched: Scheduler) -> None:
         self.sched = sched
+        if self.opts.answer_grammar is not None:  # a bad grammar or a backend without grammars: fail now
+            sched.check_grammar(*self.opts.answer_grammar)
         self.decoders = [_Choice(self, sched, self.prompt, self.opts, index=i) for i in range(self.opts.n)]
         if self.opts.max_tokens == 0:
             for d in self.decoders:

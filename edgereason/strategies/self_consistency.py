@@ -16,12 +16,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..answers import answer_key
+from ..answers import Extracted, answer_key
 from ..backends.base import AdapterSet, SamplingParams, TopLogprobs
 from ..errors import InvalidRequestError
 from ..job import Job, PreparedPrompt
 from ..options import GenerationOptions, SelfConsistencyOptions
 from ..result import ChatResult, Choice, Chunk, FinishReason, Usage
+from ..structured import canonical_json
 from .generate import ChoiceDecoder, sampling_for
 from .voting import Vote, make_stopping_rule, tally, token_confidence, trace_confidence
 
@@ -87,6 +88,16 @@ class SampleReport:
         }
 
 
+def _structured_answer(d: ChoiceDecoder) -> Extracted | None:
+    """A grammar-constrained sample's vote: its answer as canonical JSON (key order and spacing do not split
+    votes), else the whole answer text of a finished sample; a cut-off answer abstains."""
+    content = "".join(d.content).strip()
+    key = canonical_json(content)
+    if key is None and (d.finish_reason != "stop" or not content):
+        return None
+    return Extracted(raw=content, normalized=key or content, value=None, source="json" if key else "grammar")
+
+
 class SelfConsistencyJob(Job):
     """``self_consistency.samples`` samples of one prompt, voted; one choice comes back."""
 
@@ -131,6 +142,8 @@ class SelfConsistencyJob(Job):
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self, sched: Scheduler) -> None:
         self.sched = sched
+        if self.opts.answer_grammar is not None:  # a bad grammar or a backend without grammars: fail now
+            sched.check_grammar(*self.opts.answer_grammar)
         if self.sc.time_budget_s is not None:
             self.deadline = time.monotonic() + self.sc.time_budget_s
         if self.opts.max_tokens == 0:
@@ -151,6 +164,7 @@ class SelfConsistencyJob(Job):
             )
             self.cached_tokens = first.seq.n_past
             first.seq.on_logits = self._fork_samples
+            first.constrain_answer(first.seq)
             return
         self.root = sched.spawn(
             self,
@@ -169,6 +183,7 @@ class SelfConsistencyJob(Job):
         forks = []
         for d in self.running[1:]:
             d.seq = self.sched.fork(seq, d, self._sampling(d.index), top_logprobs=DEFAULT_CONFIDENCE_TOP_K)
+            d.constrain_answer(d.seq)
             forks.append(d.seq)
         return forks
 
@@ -214,6 +229,7 @@ class SelfConsistencyJob(Job):
                 pending=[self.prompt.tokens[-1]],
                 top_logprobs=DEFAULT_CONFIDENCE_TOP_K,
             )
+            d.constrain_answer(d.seq)
             self.running.append(d)
             self.launched += 1
         if not self.running:  # nothing left to wait for (all launched, or no slot to launch into)
@@ -249,7 +265,7 @@ class SelfConsistencyJob(Job):
         return self.deadline is not None and time.monotonic() >= self.deadline
 
     def _report(self, d: SampleDecoder) -> SampleReport:
-        found = d.final_answer(self.sc.answer_format)
+        found = d.final_answer(self.sc.answer_format) if d.grammar is None else _structured_answer(d)
         choice = d.to_choice(self.sc.answer_format, found)
         mismatch = choice.extra["think_answer_mismatch"]
         key = answer_key(found) if found is not None else None
