@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import PurePath
 from typing import Any
 
 from ..backends.base import ModelInfo
@@ -124,7 +125,12 @@ class RemoteEngine(ChatSurface):
         self.flavor = (
             "edgereason" if owner == "edgereason" else "llamacpp" if owner == "llamacpp" else "openai"
         )
-        self._adapters = adapters
+        # llama-server loads adapters with --lora and picks them per request ("lora": [{id, scale}]), named
+        # here by file stem; vLLM and EdgeReason serve each adapter as a model (model=<adapter>).
+        self._lora_ids: dict[str, int] = (
+            _lora_adapters(self.client.get_root_json("/lora-adapters")) if self.flavor == "llamacpp" else {}
+        )
+        self._adapters = frozenset(self._lora_ids) or adapters
         no_template = chat_template is None and not meta.get("chat_template")
         props = self.client.get_root("/props") if no_template else {}
         self.chat_template: str | None = (
@@ -316,10 +322,22 @@ class RemoteEngine(ChatSurface):
         for name in fields:
             if name in caller:
                 body[renamed.get(name, name)] = getattr(opts, name)
+        if self._lora_ids:  # every adapter's scale, so none stays applied from the server's start
+            body["model"] = self.model
+            body["lora"] = [
+                {"id": i, "scale": 1.0 if name == model else 0.0} for name, i in self._lora_ids.items()
+            ]
         if opts.logit_bias:
             body["logit_bias"] = {str(token): bias for token, bias in opts.logit_bias}
         if opts.ignore_eos:  # vLLM, llama-server and EdgeReason all take it
             body["ignore_eos"] = True
+        return body
+
+    def _counted(self, body: dict[str, Any]) -> dict[str, Any]:
+        """llama-server's usage counts the end-of-generation token: its log-probs give text-token counts
+        (a choice's log-probs are returned only when the caller asked for them)."""
+        if self.flavor == "llamacpp" and not body.get("logprobs"):
+            return {**body, "logprobs": True, "top_logprobs": 1}
         return body
 
     def top_logprobs(self, wanted: int) -> int:
@@ -347,8 +365,7 @@ class RemoteEngine(ChatSurface):
         self, job: RemoteJob, msgs: list[dict[str, Any]], opts: GenerationOptions, model: str
     ) -> ChatResult:
         body = {**self.body(opts, model), "messages": msgs, "n": opts.n, **self.thinking_fields(opts)}
-        # llama-server's usage counts the end-of-generation token: its log-probs give exact text-token counts.
-        if opts.logprobs or opts.top_logprobs or self.flavor == "llamacpp":
+        if opts.logprobs or opts.top_logprobs:
             body.update(logprobs=True, top_logprobs=self.top_logprobs(opts.top_logprobs))
         budget = opts.effective_thinking_budget
         plan = (
@@ -421,7 +438,7 @@ class RemoteEngine(ChatSurface):
         self, body: dict[str, Any], n: int, plan: PromptPlan | None = None
     ) -> tuple[list[RemoteOutput], int]:
         """One request, parsed as it came back (see ``chat_choices`` for the check of ``n``)."""
-        resp = self.client.post("/chat/completions", body)
+        resp = self.client.post("/chat/completions", self._counted(body))
         outs = [RemoteOutput() for _ in range(n)]
         for ch in resp.get("choices") or ():
             out = outs[_choice_index(ch, n)]
@@ -451,7 +468,7 @@ class RemoteEngine(ChatSurface):
         split_by_server = [self.flavor == "edgereason"] * opts.n
         usage: Any = None
         report: Any = None
-        for event in self.client.stream("/chat/completions", body, job.cancel_requested):
+        for event in self.client.stream("/chat/completions", self._counted(body), job.cancel_requested):
             usage = event.get("usage") or usage
             report = event.get("edgereason") or report
             for ch in event.get("choices") or ():
@@ -529,6 +546,12 @@ class RemoteEngine(ChatSurface):
             reasoning_tokens=sum(c.reasoning_tokens for c in choices),
         )
         return ChatResult(choices=choices, usage=usage, model=self.name, extra=extra or {})
+
+
+def _lora_adapters(listing: Any) -> dict[str, int]:
+    """llama-server's ``GET /lora-adapters``: adapter name (the file's stem) -> id."""
+    entries = [e for e in listing if isinstance(e, dict)] if isinstance(listing, list) else []
+    return {PurePath(str(e.get("path", ""))).stem: int(e["id"]) for e in entries if "id" in e}
 
 
 def _choice_index(choice: dict[str, Any], n: int) -> int:

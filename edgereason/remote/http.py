@@ -276,12 +276,16 @@ class RemoteClient:
 
     def get_root(self, path: str) -> dict[str, Any]:
         """A JSON object from outside /v1 (``/props``), or {} where the server has none."""
+        body = self.get_root_json(path)
+        return body if isinstance(body, dict) else {}
+
+    def get_root_json(self, path: str) -> Any:
+        """JSON from outside /v1 (``/props``, ``/lora-adapters``), or None where the server has none."""
         try:
             r = self.http.get(self.root + path)
-            body = r.json() if r.status_code == 200 else {}
+            return r.json() if r.status_code == 200 else None
         except (self.httpx.HTTPError, ValueError):
-            return {}
-        return body if isinstance(body, dict) else {}
+            return None
 
     def count_tokens(self, model: str, text: str) -> int:
         """Tokens of ``text`` alone: the server's /tokenize (llama-server, vLLM), else usage.prompt_tokens."""
