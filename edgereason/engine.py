@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .adapters import adapter_gguf, is_peft_dir
-from .backends.base import AdapterSet, Backend
+from .backends.base import AdapterSet, Backend, Capabilities, Tokenizer
 from .chat.reasoning import PromptPlan, ReasoningFormat, Thinking, detect_format, plan_prompt, think_is_open
 from .chat.template import render_chat, validate_messages
 from .chat.tokens import has_control_text, tokenize_prompt
@@ -109,7 +109,7 @@ class Engine(ChatSurface):
         self.scheduler.tool_runner = self.tools
         self._parked = False  # the last step found nothing to decode: every running job waits on a tool
         # Read by caller threads; replaced (never mutated) by the engine thread.
-        self._adapter_names: frozenset[str] = frozenset(getattr(backend, "adapter_names", ()))
+        self._adapter_names: frozenset[str] = frozenset(backend.adapter_names)
         self._wake = threading.Event()
         self._waiting: deque[Job] = deque()
         self._running: list[Job] = []
@@ -333,7 +333,7 @@ class Engine(ChatSurface):
                 raise InvalidRequestError(
                     f"adapter {name!r} is already loaded; unload it first", param="lora_name"
                 )
-            self.backend.load_adapter(name, path)  # type: ignore[attr-defined]
+            self.backend.load_adapter(name, path)
             self._adapter_names = self._adapter_names | {name}
 
         self._control(run)
@@ -355,7 +355,7 @@ class Engine(ChatSurface):
                     f"adapter {name!r} is in use by {len(users) or 'running'} request(s); retry when they finish",
                     param="lora_name",
                 )
-            self.backend.unload_adapter(name)  # type: ignore[attr-defined]
+            self.backend.unload_adapter(name)
             self._adapter_names = self._adapter_names - {name}
 
         self._control(run)
@@ -382,6 +382,23 @@ class Engine(ChatSurface):
         self._wake.set()
 
     # -- introspection -----------------------------------------------------------------------------
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.backend.capabilities
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.backend
+
+    @property
+    def decoded_tokens(self) -> int:
+        return self.scheduler.decoded_tokens
+
+    def sequences_per_request(self, messages: Sequence[Any], options: GenerationOptions) -> int:
+        """Sequence slots one chat request with ``options`` holds (building its job checks the options)."""
+        job = self.make_job(self.prepare_chat(messages, options), options, question=_last_user_text(messages))
+        return job.slots_needed
+
     @property
     def live_sequences(self) -> int:
         return self.scheduler.live_count

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from edgereason.backends.base import AdapterSet, BatchItem, Capabilities, ModelInfo, TopLogprobs
@@ -41,12 +42,17 @@ class ByteScriptBackend:
             eos_token="", add_bos=False, has_think_token=False,
         )  # fmt: skip
         self.capabilities = Capabilities(max_sequences=max_sequences, n_ctx=4096, n_batch=512, lora=lora)
+        self.adapter_names: list[str] = []  # names only: set_adapters applies nothing
+        self.adapter_files: dict[str, Path] = {}
 
     def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> list[int]:
         return list(text.encode())
 
     def token_bytes(self, token: int) -> bytes:
         return b"" if token == EOS else bytes([token])
+
+    def special_piece(self, token: int) -> bytes:
+        return self.token_bytes(token)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self.token_bytes(t) for t in tokens).decode()
@@ -68,6 +74,14 @@ class ByteScriptBackend:
 
     def remove(self, slot: int, from_pos: int = 0) -> None:
         pass
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        self.adapter_names = sorted({*self.adapter_names, name})
+        self.adapter_files[name] = Path(path)
+
+    def unload_adapter(self, name: str) -> None:
+        self.adapter_names = [n for n in self.adapter_names if n != name]
+        self.adapter_files.pop(name, None)
 
     def set_adapters(self, adapters: AdapterSet) -> None:
         pass

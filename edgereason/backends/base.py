@@ -7,7 +7,7 @@ slots ``0 <= slot < capabilities.max_sequences``; the scheduler owns slot alloca
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -82,9 +82,8 @@ class Sampler(Protocol):
     def close(self) -> None: ...
 
 
-class Backend(Protocol):
-    info: ModelInfo
-    capabilities: Capabilities
+class Tokenizer(Protocol):
+    """Text <-> tokens of one model (what a backend's surfaces, like the server's /tokenize, read)."""
 
     def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> list[int]:
         """Text to token ids; with ``special``, special-token text (``<|im_start|>``) becomes the
@@ -95,11 +94,20 @@ class Backend(Protocol):
         """The bytes a token contributes to generated text (may be part of a UTF-8 character)."""
         ...
 
+    def special_piece(self, token: int) -> bytes:
+        """The token's bytes with control tokens written out (``<|im_end|>``), as llama-server shows them."""
+        ...
+
     def detokenize(self, tokens: Sequence[int]) -> str: ...
 
     def is_eog(self, token: int) -> bool:
         """End of generation (EOS, EOT, <|im_end|>...)."""
         ...
+
+
+class Backend(Tokenizer, Protocol):
+    info: ModelInfo
+    capabilities: Capabilities
 
     def decode(self, items: Sequence[BatchItem]) -> list[int]:
         """Run one forward pass over tokens of many sequences.
@@ -125,6 +133,25 @@ class Backend(Protocol):
 
     def remove(self, slot: int, from_pos: int = 0) -> None:
         """Forget positions ``>= from_pos`` of a slot (0 frees it)."""
+        ...
+
+    # -- LoRA adapters (``capabilities.lora``; a backend without them refuses to load any) --
+    @property
+    def adapter_names(self) -> list[str]:
+        """Names of the loaded adapters, sorted."""
+        ...
+
+    @property
+    def adapter_files(self) -> Mapping[str, Path]:
+        """Name -> the file or folder each loaded adapter came from (run records hash them)."""
+        ...
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load an adapter under ``name`` (ModelLoadError for a bad file, or a backend without LoRA)."""
+        ...
+
+    def unload_adapter(self, name: str) -> None:
+        """Free an adapter (UnknownAdapterError if it is not loaded)."""
         ...
 
     def set_adapters(self, adapters: AdapterSet) -> None:

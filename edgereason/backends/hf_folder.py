@@ -150,6 +150,12 @@ class FolderTokenizer:
             self._bytes[token] = piece
         return piece
 
+    def special_piece(self, token: int) -> bytes:
+        """Control tokens written out (``<|im_end|>``); other tokens as ``token_bytes``."""
+        if token in self._special:
+            return (self._tok.id_to_token(token) or "").encode("utf-8")
+        return self.token_bytes(token)
+
     def _piece(self, token: int) -> bytes:
         if token in self._special:  # control tokens contribute no text, as in llama.cpp
             return b""
@@ -293,6 +299,9 @@ class FolderBackendMixin:
 
     def token_bytes(self, token: int) -> bytes:
         return self.tokenizer.token_bytes(token)
+
+    def special_piece(self, token: int) -> bytes:
+        return self.tokenizer.special_piece(token)
 
     def is_eog(self, token: int) -> bool:
         return self.tokenizer.is_eog(token)

@@ -1,8 +1,10 @@
 """GGUF models through llama.cpp's low-level API: one context, many sequences.
 
-The context is created with ``n_seq_max`` slots and a unified KV cache, so a prompt decoded once is
-shared by every fork (``llama_memory_seq_cp`` tags cells, it copies nothing). Each decode call takes
-tokens of many sequences; each sequence samples with its own C sampler chain.
+The context is created with ``n_seq_max`` slots, each with its own KV stream (``kv_unified=False``:
+a unified cache gives batched sequences different logits in this llama.cpp build, see README
+"Determinism"), so a fork (``llama_memory_seq_cp``) copies the source's stream and the context holds
+``n_ctx x n_seq_max`` cells. Each decode call takes tokens of many sequences; each sequence samples
+with its own C sampler chain.
 """
 
 from __future__ import annotations
@@ -428,9 +430,6 @@ class LlamaCppBackend:
     def remove(self, slot: int, from_pos: int = 0) -> None:
         if not self._lib.llama_memory_seq_rm(self.mem, slot, from_pos, -1):
             raise RuntimeError(f"llama.cpp could not remove positions >= {from_pos} of sequence {slot}")
-
-    def clear(self) -> None:
-        self._lib.llama_memory_clear(self.mem, True)
 
     # -- adapters ------------------------------------------------------------------------------
     def load_adapter(self, name: str, path: str | Path) -> None:

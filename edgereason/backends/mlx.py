@@ -126,6 +126,7 @@ class MlxBackend(FolderBackendMixin):
         self._rows: list[np.ndarray] = []
         self._adapters: dict[str, list[tuple[Any, _LoraPair]]] = {}
         self._active_adapters: AdapterSet = ()
+        self.adapter_files: dict[str, Path] = {}  # name -> the mlx-lm adapter folder loaded under it
         self.capabilities = Capabilities(
             max_sequences=max_sequences,
             n_ctx=n_ctx,
@@ -214,9 +215,6 @@ class MlxBackend(FolderBackendMixin):
         for c in cache:
             c.trim(held - from_pos)
 
-    def clear(self) -> None:
-        self._caches.clear()
-
     # -- adapters ------------------------------------------------------------------------------
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Load an mlx-lm LoRA adapter folder once; its layers wrap the base linears they target."""
@@ -250,6 +248,7 @@ class MlxBackend(FolderBackendMixin):
             placed.append((layer, _LoraPair(a, b, scale)))
         mx.eval([p.a for _, p in placed], [p.b for _, p in placed])
         self._adapters[name] = placed
+        self.adapter_files[name] = folder
         log.info("loaded MLX adapter %s (%d layers) from %s", name, len(placed), folder)
 
     def _wrap(self, target: str, modules: dict[str, Any]) -> Any:
@@ -272,6 +271,7 @@ class MlxBackend(FolderBackendMixin):
         if any(n == name for n, _ in self._active_adapters):
             self.set_adapters(())
         del self._adapters[name]
+        self.adapter_files.pop(name, None)
 
     @property
     def adapter_names(self) -> list[str]:

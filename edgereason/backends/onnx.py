@@ -174,13 +174,14 @@ class OnnxBackend(FolderBackendMixin):
         if gen is not None and from_pos < int(gen.token_count()):
             gen.rewind_to(from_pos)
 
-    def clear(self) -> None:
-        self._generators.clear()
-
     # -- adapters ------------------------------------------------------------------------------
     @property
     def adapter_names(self) -> list[str]:
         return []
+
+    @property
+    def adapter_files(self) -> dict[str, Path]:
+        return {}
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         raise ModelLoadError("the ONNX backend does not support LoRA adapters (capabilities.lora is False)")
