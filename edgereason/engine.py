@@ -8,7 +8,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -297,6 +297,11 @@ class Engine(ChatSurface):
     def adapter_names(self) -> list[str]:
         """Names of the loaded LoRA adapters."""
         return sorted(self._adapter_names)
+
+    @property
+    def adapter_files(self) -> Mapping[str, Path]:
+        """Name -> the file each loaded adapter came from (run records hash them)."""
+        return self.backend.adapter_files
 
     def resolve_adapters(self, opts: GenerationOptions) -> tuple[tuple[str, float], ...]:
         """The adapter set ``opts`` asks for (else the engine's default set); UnknownAdapterError names

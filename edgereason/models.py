@@ -116,16 +116,23 @@ class ModelEntry:
         }
 
 
+def artefact_format(path: Path) -> str | None:
+    """The model format of ``path``: "gguf" for a file (its header is checked on load), "onnx" for an
+    onnxruntime-genai folder (``genai_config.json``), "mlx" for a folder with ``config.json`` and
+    ``*.safetensors``; None for any other folder."""
+    if not path.is_dir():
+        return "gguf"
+    if (path / "genai_config.json").is_file():
+        return "onnx"
+    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        return "mlx"
+    return None
+
+
 def describe(path: Path, name: str | None = None, source: str = "path") -> ModelEntry:
     """Cheap metadata of a model artefact (reads headers only)."""
     if path.is_dir():
-        fmt = (
-            "onnx"
-            if (path / "genai_config.json").exists()
-            else "mlx"
-            if (path / "config.json").exists()
-            else "unknown"
-        )
+        fmt = artefact_format(path) or "unknown"
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         tpl = any((path / f).exists() for f in ("tokenizer_config.json", "chat_template.jinja"))
         return ModelEntry(name or path.name, path, fmt, "unknown", size, "unknown", tpl, source)

@@ -1,21 +1,28 @@
 """The generation calls users make (``chat``, ``stream``, ``complete``, ``stream_completion``, their
 asyncio forms ``achat``/``astream``/``acomplete``, and ``chat_many``) and the context-manager protocol,
 shared by the local :class:`~edgereason.engine.Engine` and the :class:`~edgereason.remote.RemoteEngine`:
-each implements the two ``_submit_*`` methods."""
+each implements the two ``_submit_*`` methods.
+
+:class:`ChatEngine` is what the CLI, the app and eval type against (either engine);
+:class:`ServedEngine` adds what ``edgereason serve`` reads of a local engine (tokenizer, gauges)."""
 
 from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
+from .backends.base import Capabilities, ModelInfo, Tokenizer
+from .chat.reasoning import ReasoningFormat
 from .errors import CapacityError
 from .job import ChatStream
 from .options import GenerationOptions
 from .result import ChatResult, Chunk
 
 _S = TypeVar("_S", bound="ChatSurface")
+_E = TypeVar("_E", bound="ChatEngine")
 
 
 class ChatSurface(ABC):
@@ -109,6 +116,101 @@ class ChatSurface(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ChatEngine(Protocol):
+    """An engine as its surfaces see it: the chat surface plus what they show and check.
+
+    ``capabilities.max_sequences`` is the parallel capacity (sequence slots locally, requests in flight
+    for a remote server); ``sequences_per_request`` how many of them one request with given options holds.
+    """
+
+    name: str
+    info: ModelInfo
+    chat_template: str | None
+    reasoning_format: ReasoningFormat
+    max_queue: int
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    @property
+    def adapter_names(self) -> list[str]: ...
+
+    @property
+    def adapter_files(self) -> Mapping[str, Path]:
+        """Name -> the file each adapter was loaded from ({} for a remote server's)."""
+        ...
+
+    @property
+    def stopped_reason(self) -> str | None:
+        """None while it serves; else why not (closed, its thread died or wedged)."""
+        ...
+
+    def require_adapters(self, names: Iterable[str]) -> None: ...
+
+    def load_adapter(self, name: str, path: str | Path) -> None: ...
+
+    def unload_adapter(self, name: str) -> None: ...
+
+    def sequences_per_request(self, messages: Sequence[Any], options: GenerationOptions) -> int: ...
+
+    def chat(
+        self, messages: Sequence[Any], options: GenerationOptions | None = None, **fields: Any
+    ) -> ChatResult: ...
+
+    def stream(
+        self, messages: Sequence[Any], options: GenerationOptions | None = None, **fields: Any
+    ) -> ChatStream: ...
+
+    def complete(
+        self, prompt: str, options: GenerationOptions | None = None, **fields: Any
+    ) -> ChatResult: ...
+
+    def stream_completion(
+        self, prompt: str, options: GenerationOptions | None = None, **fields: Any
+    ) -> ChatStream: ...
+
+    def chat_many(
+        self, conversations: Sequence[Sequence[Any]], options: GenerationOptions | None = None, **fields: Any
+    ) -> list[ChatResult]: ...
+
+    async def achat(
+        self, messages: Sequence[Any], options: GenerationOptions | None = None, **fields: Any
+    ) -> ChatResult: ...
+
+    def astream(
+        self, messages: Sequence[Any], options: GenerationOptions | None = None, **fields: Any
+    ) -> AsyncIterator[Chunk]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self: _E) -> _E: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class ServedEngine(ChatEngine, Protocol):
+    """What ``edgereason serve`` also reads: a local engine's tokenizer and gauges (a remote engine is
+    refused at ``serve``'s start: it is already a server)."""
+
+    created: int  # when it was loaded (/v1/models)
+    wedge_timeout_s: float
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    @property
+    def decoded_tokens(self) -> int: ...
+
+    @property
+    def live_sequences(self) -> int: ...
+
+    @property
+    def queue_depth(self) -> int: ...
+
+    @property
+    def running_requests(self) -> int: ...
 
 
 async def aiter_chunks(stream: ChatStream) -> AsyncIterator[Chunk]:

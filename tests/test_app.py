@@ -277,3 +277,31 @@ def _set_number(page: object, elem_id: str, value: int) -> None:
     box = page.locator(f"{elem_id} input[type=number]")  # type: ignore[attr-defined]
     box.fill(str(value))
     box.press("Enter")
+
+
+# -- over a remote engine (openai://) -------------------------------------------------------------------
+
+
+def test_app_over_a_remote_engine(capsys: pytest.CaptureFixture[str]) -> None:
+    """`edgereason app --model openai://...` builds its UI over the remote engine and answers through it; an
+    --adapter the remote server would have to load fails at start, as one line (exit 2)."""
+    from edgereason.app.ui import build_app
+    from edgereason.cli.main import main
+
+    from .test_server import _start
+
+    for server in _start():
+        url = f"openai://{server.base.removeprefix('http://')}/default"
+        with er.load(url) as remote:
+            by_id = {b.elem_id: b for b in build_app(remote).blocks.values() if getattr(b, "elem_id", None)}
+            info = by_id["er-model-info"].value
+            assert "remote" in info and "8 parallel sequences" in info, info
+            h = ChatHandlers(remote)
+            assert h.max_samples == 8
+            session = ChatSession()
+            replies = list(h.respond(session, "What is 2 + 2?", Controls(max_tokens=8, thinking="off")))
+            assert replies and session.transcript[-1]["role"] == "assistant"
+            assert session.transcript[-1]["content"].strip()
+        assert main(["app", "--model", url, "--adapter", "math=/tmp/a.gguf"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "remote server loads its own adapters" in err, err

@@ -14,6 +14,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from ..errors import EdgeReasonError
 log = logging.getLogger(__name__)
 
 PROMPT = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
-# Quantisations comparable to the embedded Q4_1 GGUF: 4-bit weights on every backend.
+# Quantisations comparable to the embedded Q4_1 GGUF: 4-bit weights on every backend (by artefact format).
 DEFAULT_QUANTS = {"mlx": "4", "onnx": "int4"}
 
 
@@ -68,7 +69,7 @@ def measure(model: str | Path, backend: str, args: argparse.Namespace) -> dict[s
         engine.complete(PROMPT, greedy.model_copy(update={"max_tokens": 4}))  # warm up
         single = _timed(lambda: engine.complete(PROMPT, greedy).usage.completion_tokens, reps)
         batched = _timed(lambda: engine.complete(PROMPT, sampled).usage.completion_tokens, reps)
-        caps = engine.backend.capabilities
+        caps = engine.capabilities
         info = engine.info
     return {
         "backend": backend,
@@ -88,9 +89,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     gguf = resolve_model(args.model)
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
-    targets: list[tuple[str, Callable[[], Path]]] = [("llama.cpp", lambda: gguf)]
-    for target, quant in DEFAULT_QUANTS.items():
-        targets.append((target, lambda t=target, q=quant: converted_model(t, q)))  # type: ignore[misc]
+    from edgereason.loading import LOCAL_BACKENDS
+
+    targets: list[tuple[str, Callable[[], Path]]] = [
+        (
+            e.name,
+            (lambda: gguf)
+            if e.format == "gguf"
+            else partial(converted_model, e.format, DEFAULT_QUANTS[e.format]),
+        )
+        for e in LOCAL_BACKENDS.values()
+    ]
     for backend, artefact in targets:
         try:
             row = measure(artefact(), backend, args)

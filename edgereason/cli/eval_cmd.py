@@ -9,9 +9,12 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import EdgeReasonError, InvalidRequestError, MissingExtraError
+from ..errors import InvalidRequestError, MissingExtraError
+
+if TYPE_CHECKING:
+    from ..surface import ChatEngine
 
 log = logging.getLogger(__name__)
 
@@ -182,30 +185,16 @@ def _settings(args: argparse.Namespace) -> Any:
     )
 
 
-def _load_engine(args: argparse.Namespace, settings: Any) -> Any:
-    import edgereason as er
-
+def _load_engine(args: argparse.Namespace, settings: Any) -> ChatEngine:
     from ..adapters import parse_adapter_spec
+    from ..loading import load_engine
+    from .main import engine_spec
 
-    template = None
-    if args.chat_template:
-        try:
-            template = Path(args.chat_template).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise EdgeReasonError(f"cannot read chat template {args.chat_template}: {exc.strerror}") from None
     specs = [parse_adapter_spec(text) for text in args.adapter or ()]
     # LoRID's deep reasoner reads the knowledge generator's output in its prompt.
     room = settings.max_tokens * (2 if any(s.kind == "lorid" for s in args.strategy) else 1) + PROMPT_ROOM
-    return er.load(
-        args.model,
-        n_ctx=args.n_ctx or -(-room // 64) * 64,
-        threads=args.threads,
-        max_sequences=args.max_sequences,
-        cache_type_k=args.cache_type_k,
-        cache_type_v=args.cache_type_v,
-        chat_template=template,
-        reasoning_format=args.reasoning_format,
-        adapters={s.name: s.path for s in specs} or None,
+    return load_engine(
+        engine_spec(args, n_ctx=args.n_ctx or -(-room // 64) * 64, adapters={s.name: s.path for s in specs})
     )
 
 
@@ -232,9 +221,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             "model": str(args.model or "default"),
             "engine_model": engine.name,
             "adapters": engine.adapter_names,
-            "files": files_fingerprint(
-                Path(model_path) if model_path else None, getattr(engine.backend, "adapter_files", {})
-            ),
+            "files": files_fingerprint(Path(model_path) if model_path else None, engine.adapter_files),
             "data": args.data,
             "split": args.split if args.data in ("arith", "arith-ood") else None,
             "items": len(items),

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import EdgeReasonError
+from ..loading import BACKENDS
 
 ENV_PREFIX = "EDGEREASON_"
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
@@ -65,7 +66,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     _env_flag(
         p,
         "--backend",
-        choices=["auto", "llama.cpp", "mlx", "onnx", "remote"],
+        choices=BACKENDS,
         help="runtime; auto picks by artefact (.gguf, MLX folder, ONNX genai folder, openai://)",
     )
     _env_flag(

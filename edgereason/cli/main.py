@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .. import __version__
 from ..errors import EdgeReasonError, MissingExtraError
 from .flags import add_adapter_flags, add_generation_flags, add_model_flags, apply_env
+
+if TYPE_CHECKING:
+    from ..loading import EngineSpec
+    from ..surface import ChatEngine
 
 log = logging.getLogger("edgereason")
 
@@ -61,28 +66,29 @@ def _adapter_specs(args: argparse.Namespace) -> list[Any]:
     ]
 
 
-def load_engine(args: argparse.Namespace) -> Any:
-    import edgereason as er
+def engine_spec(args: argparse.Namespace, **overrides: Any) -> EngineSpec:
+    """The engine the model flags describe (``add_model_flags``; run/chat's ``--adapter`` specs)."""
+    from ..loading import EngineSpec
 
-    template = None
-    if args.chat_template:
-        try:
-            with open(args.chat_template, encoding="utf-8") as fh:
-                template = fh.read()
-        except OSError as exc:
-            raise EdgeReasonError(f"cannot read chat template {args.chat_template}: {exc.strerror}") from None
-    return er.load(
-        args.model,
+    spec = EngineSpec(
+        model=args.model,
+        backend=args.backend,
         n_ctx=args.n_ctx,
         threads=args.threads,
-        max_sequences=getattr(args, "max_sequences", None),
-        cache_type_k=getattr(args, "cache_type_k", "f16"),
-        cache_type_v=getattr(args, "cache_type_v", "f16"),
-        backend=getattr(args, "backend", "auto"),
-        chat_template=template,
+        max_sequences=args.max_sequences,
+        cache_type_k=args.cache_type_k,
+        cache_type_v=args.cache_type_v,
+        chat_template_file=args.chat_template,
         reasoning_format=args.reasoning_format,
-        adapters={spec.name: spec.path for spec in _adapter_specs(args)} or None,
+        adapters={spec.name: spec.path for spec in _adapter_specs(args)},
     )
+    return dataclasses.replace(spec, **overrides)
+
+
+def load_engine(args: argparse.Namespace) -> ChatEngine:
+    from ..loading import load_engine as load
+
+    return load(engine_spec(args))
 
 
 def _messages(args: argparse.Namespace, prompt: str) -> list[dict[str, str]]:

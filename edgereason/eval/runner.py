@@ -9,16 +9,18 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..answers import answers_equal
-from ..engine import Engine
 from ..errors import EdgeReasonError, InvalidRequestError
 from ..options import GenerationOptions, LoridOptions
 from ..result import ChatResult
 from .data import EvalItem
 from .progress import Progress, make_progress
 from .specs import EvalSettings, StrategySpec, request_fields
+
+if TYPE_CHECKING:
+    from ..surface import ChatEngine
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ class StrategyRun:
     concurrency: int
 
 
-def check_strategy(engine: Engine, spec: StrategySpec, settings: EvalSettings) -> None:
+def check_strategy(engine: ChatEngine, spec: StrategySpec, settings: EvalSettings) -> None:
     """Fail before any request when the engine cannot run ``spec`` (LoRID without its adapters)."""
     if settings.adapter is not None:
         engine.require_adapters([settings.adapter])
@@ -86,19 +88,15 @@ def check_strategy(engine: Engine, spec: StrategySpec, settings: EvalSettings) -
             )
 
 
-def concurrency_for(engine: Engine, spec: StrategySpec, settings: EvalSettings) -> int:
-    """Requests of ``spec`` that fit in the engine's sequence slots at once (the job's own count).
-
-    Building the job also checks the options against the engine, before any request is sent.
+def concurrency_for(engine: ChatEngine, spec: StrategySpec, settings: EvalSettings) -> int:
+    """Requests of ``spec`` that fit in the engine's parallel capacity at once (sequence slots locally,
+    requests in flight remotely), at most its queue. Also checks the options before any request is sent.
     """
-    if not hasattr(engine, "make_job"):  # a remote engine: its own request parallelism
-        return max(1, int(getattr(engine, "parallel", 1)))
     # The slot count depends on the options only; a short probe question keeps this from failing.
     messages = [{"role": "user", "content": settings.user_text(_SLOT_PROBE)}]
     opts = GenerationOptions.build(None, request_fields(spec, settings, 0))
-    job = engine.make_job(engine.prepare_chat(messages, opts), opts, question=messages[0]["content"])
-    slots = engine.backend.capabilities.max_sequences
-    return max(1, min(slots // job.slots_needed, engine.max_queue))
+    per_request = engine.sequences_per_request(messages, opts)
+    return max(1, min(engine.capabilities.max_sequences // per_request, engine.max_queue))
 
 
 def _record(spec: StrategySpec, item: EvalItem, res: ChatResult, wall: float) -> ItemRecord:
@@ -156,7 +154,9 @@ def _failed(spec: StrategySpec, item: EvalItem, exc: EdgeReasonError, wall: floa
     )
 
 
-def ask(engine: Engine, spec: StrategySpec, settings: EvalSettings, item: EvalItem, index: int) -> ItemRecord:
+def ask(
+    engine: ChatEngine, spec: StrategySpec, settings: EvalSettings, item: EvalItem, index: int
+) -> ItemRecord:
     """One item; a request the engine refuses (e.g. a question over the context) is recorded as an error."""
     messages = [{"role": "user", "content": settings.user_text(item.question)}]
     t0 = time.perf_counter()
@@ -169,7 +169,7 @@ def ask(engine: Engine, spec: StrategySpec, settings: EvalSettings, item: EvalIt
 
 
 def run_strategy(
-    engine: Engine,
+    engine: ChatEngine,
     items: Sequence[EvalItem],
     spec: StrategySpec,
     settings: EvalSettings,
@@ -214,7 +214,7 @@ def run_strategy(
 
 
 def run_eval(
-    engine: Engine,
+    engine: ChatEngine,
     items: Sequence[EvalItem],
     specs: Sequence[StrategySpec],
     settings: EvalSettings,

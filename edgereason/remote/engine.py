@@ -21,11 +21,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import PurePath
 from typing import Any
 
-from ..backends.base import ModelInfo
+from ..backends.base import Capabilities, ModelInfo
 from ..chat.reasoning import (
     Channel,
     ChannelSplitter,
@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 600.0  # one generation request; long thinking on a busy server takes minutes
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_PARALLEL = 8  # concurrent requests when a server takes one sample per request
+DEFAULT_MAX_QUEUE = 64
 # Thinking controls an EdgeReason server applies itself (passed through when the caller set them).
 SERVER_THINKING_FIELDS = frozenset(
     {
@@ -94,6 +95,8 @@ class RemoteJob(Job):
 # -- the engine ----------------------------------------------------------------------------------------------
 class RemoteEngine(ChatSurface):
     """The Engine surface over an OpenAI-compatible server. Thread-safe; each request runs in its own thread."""
+
+    max_queue = DEFAULT_MAX_QUEUE  # requests callers (the app, eval) keep in flight; each is a thread here
 
     def __init__(
         self,
@@ -163,6 +166,40 @@ class RemoteEngine(ChatSurface):
     @property
     def adapter_names(self) -> list[str]:
         return sorted(self._adapters or ())
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """``max_sequences``: requests sent at once; ``n_ctx``: the server's (0 when it does not say)."""
+        return Capabilities(
+            max_sequences=self.parallel,
+            n_ctx=self.info.n_ctx_train,
+            n_batch=0,
+            fork=False,
+            rewind=False,
+            lora=bool(self._adapters),
+        )
+
+    @property
+    def stopped_reason(self) -> str | None:
+        return "engine closed" if self._closed else None
+
+    @property
+    def adapter_files(self) -> dict[str, Any]:
+        return {}  # the server's own files
+
+    def load_adapter(self, name: str, path: str | os.PathLike[str]) -> None:
+        raise InvalidRequestError(
+            f"a remote server loads its own adapters (cannot load {name!r} here); name a served one with adapter=",
+            param="adapters",
+        )
+
+    def unload_adapter(self, name: str) -> None:
+        raise InvalidRequestError("a remote server manages its own adapters", param="adapters")
+
+    def sequences_per_request(self, messages: Sequence[Any], options: GenerationOptions) -> int:
+        """One request in flight per call (its samples run on the server); checks the options first."""
+        self._check_supported(options)
+        return 1
 
     def render(self, messages: Sequence[Any], thinking: Thinking = "auto") -> PromptPlan:
         """The prompt text for ``messages`` under the model's template, rendered here (as Engine.render)."""
@@ -281,7 +318,7 @@ class RemoteEngine(ChatSurface):
             )
         return wanted[0][0]
 
-    def require_adapters(self, names: Sequence[str]) -> None:
+    def require_adapters(self, names: Iterable[str]) -> None:
         """Adapters the server lists; unchecked (the server answers 404) when it lists none."""
         for name in names:
             if self._adapters is not None and name not in self._adapters:

@@ -41,8 +41,8 @@ from .routes_extra import add_extra_routes, model_card
 from .settings import ServerSettings
 
 if TYPE_CHECKING:
-    from ..engine import Engine
     from ..job import ChatStream
+    from ..surface import ServedEngine
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ KEEP_ALIVE_COMMENT = ": keep-alive\n\n"
 EXIT_ENGINE_STOPPED = 3  # serve()'s exit status when the engine died: a supervisor restarts the process
 
 
-def create_app(engine: Engine | None, settings: ServerSettings | None = None) -> FastAPI:
+def create_app(engine: ServedEngine | None, settings: ServerSettings | None = None) -> FastAPI:
     """Build the app over ``engine``; with None, /health answers 503 until ``app.state.engine`` is set."""
     settings = settings or ServerSettings()
     app = FastAPI(title="EdgeReason", version=__version__, summary="OpenAI-compatible reasoning-model server")
@@ -94,8 +94,8 @@ def create_app(engine: Engine | None, settings: ServerSettings | None = None) ->
         eng = _engine(app)
         base = model_card(eng, eng.name)
         meta = {
-            "n_ctx": eng.backend.capabilities.n_ctx,
-            "max_sequences": eng.backend.capabilities.max_sequences,
+            "n_ctx": eng.capabilities.n_ctx,
+            "max_sequences": eng.capabilities.max_sequences,
             "reasoning_format": eng.reasoning_format.value,
             # Lets a client render raw prompts itself (the remote backend's exact thinking budgets).
             "chat_template": eng.chat_template,
@@ -182,8 +182,8 @@ def create_app(engine: Engine | None, settings: ServerSettings | None = None) ->
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _engine(app: FastAPI) -> Engine:
-    eng: Engine | None = app.state.engine
+def _engine(app: FastAPI) -> ServedEngine:
+    eng: ServedEngine | None = app.state.engine
     if eng is None:
         failed = app.state.load_error
         raise NotReadyError(
@@ -195,7 +195,7 @@ def _engine(app: FastAPI) -> Engine:
     return eng
 
 
-def _stopped_reason(eng: Engine | None) -> str | None:
+def _stopped_reason(eng: ServedEngine | None) -> str | None:
     return eng.stopped_reason if eng is not None else None
 
 
@@ -208,7 +208,7 @@ def _route_label(app: FastAPI, scope: Scope) -> str:
     return "other"
 
 
-def _served_names(eng: Engine, settings: ServerSettings) -> set[str]:
+def _served_names(eng: ServedEngine, settings: ServerSettings) -> set[str]:
     """Names that select the base model (so no adapter may take them)."""
     names = {eng.name, eng.info.name, *DEFAULT_MODEL_ALIASES}
     if settings.alias:
@@ -216,10 +216,10 @@ def _served_names(eng: Engine, settings: ServerSettings) -> set[str]:
     return names
 
 
-def _options(eng: Engine, fields: dict[str, Any]) -> GenerationOptions:
+def _options(eng: ServedEngine, fields: dict[str, Any]) -> GenerationOptions:
     """Validated options, with the checks that need the loaded model (context size, vocabulary)."""
     opts = GenerationOptions.build(None, fields)
-    n_ctx = eng.backend.capabilities.n_ctx
+    n_ctx = eng.capabilities.n_ctx
     if opts.repeat_last_n > n_ctx:
         raise InvalidRequestError(
             f"repeat_last_n: {opts.repeat_last_n} is larger than the context ({n_ctx} tokens)",
@@ -236,7 +236,7 @@ def _options(eng: Engine, fields: dict[str, Any]) -> GenerationOptions:
 
 
 def _check_model(
-    eng: Engine, settings: ServerSettings, requested: str | None, fields: dict[str, Any]
+    eng: ServedEngine, settings: ServerSettings, requested: str | None, fields: dict[str, Any]
 ) -> tuple[str, dict[str, Any]]:
     """The model name to report and the option fields; unknown names are a 404 (clients spot typos by it).
 
@@ -475,39 +475,18 @@ def _sse_text(
 
 
 # -- running it ------------------------------------------------------------------------------------------
-def load_engine(settings: ServerSettings) -> Engine:
-    """The engine the settings describe."""
-    import edgereason as er
+def load_engine(settings: ServerSettings) -> ServedEngine:
+    """The engine the settings describe: a local one (a remote model is already a server)."""
+    from ..engine import Engine
+    from ..loading import is_remote, load_engine
 
-    template = None
-    if settings.chat_template is not None:
-        try:
-            template = settings.chat_template.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise EdgeReasonError(
-                f"cannot read chat template {settings.chat_template}: {exc.strerror}"
-            ) from None
-    if settings.model is not None and str(settings.model).startswith(er.REMOTE_SCHEMES):
+    if is_remote(settings.model):
         raise EdgeReasonError(
             f"edgereason serve runs a local model; {settings.model} is already a server: use it directly, "
             "or er.load() it from Python"
         )
-    engine = er.load(
-        settings.model,
-        n_ctx=settings.n_ctx,
-        threads=settings.threads,
-        max_sequences=settings.max_sequences,
-        cache_type_k=settings.cache_type_k,
-        cache_type_v=settings.cache_type_v,
-        backend=settings.backend,
-        adapters={spec.name: spec.path for spec in settings.adapter_specs()} or None,
-        chat_template=template,
-        reasoning_format=settings.reasoning_format,
-    )
-    engine.max_queue = settings.max_queue
-    engine.wedge_timeout_s = settings.wedge_timeout_s
-    if settings.alias:
-        engine.name = settings.alias
+    engine = load_engine(settings.engine_spec())
+    assert isinstance(engine, Engine)  # every backend but remote gives the local Engine
     taken = sorted(set(engine.adapter_names) & _served_names(engine, settings))
     if taken:
         engine.close()

@@ -18,8 +18,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from ..engine import Engine
     from ..result import Usage
+    from ..surface import ServedEngine
 
 PREFIX = "edgereason"
 VLLM_PREFIX = "edgereason:"  # vLLM's names with our prefix
@@ -32,7 +32,7 @@ TOKEN_GAP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 class Metrics:
     """Counters and histograms the handlers update; gauges read from ``engine()`` at scrape time."""
 
-    def __init__(self, engine: Callable[[], Engine | None]) -> None:
+    def __init__(self, engine: Callable[[], ServedEngine | None]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -122,7 +122,7 @@ class RequestTimer:
 class _EngineCollector(Collector):
     """Gauges read from the engine at scrape time (nothing to keep in sync)."""
 
-    def __init__(self, engine: Callable[[], Engine | None]) -> None:
+    def __init__(self, engine: Callable[[], ServedEngine | None]) -> None:
         self._get = engine
         self._lock = threading.Lock()
         self._decoded: deque[tuple[float, int]] = deque()
@@ -150,7 +150,7 @@ class _EngineCollector(Collector):
             "1 while the engine thread serves, 0 once it stopped",
             value=0 if stopped else 1,
         )
-        decoded = engine.scheduler.decoded_tokens
+        decoded = engine.decoded_tokens
         yield CounterMetricFamily(f"{PREFIX}_decoded_tokens", "tokens decoded by the engine", value=decoded)
         yield GaugeMetricFamily(
             f"{PREFIX}_decode_tokens_per_second",
@@ -161,7 +161,7 @@ class _EngineCollector(Collector):
         yield GaugeMetricFamily(f"{PREFIX}_queue_depth", "requests waiting for sequence slots", value=waiting)
         yield GaugeMetricFamily(f"{PREFIX}_running_requests", "requests being decoded", value=running)
         yield GaugeMetricFamily(f"{PREFIX}_live_sequences", "sequences holding KV slots", value=live)
-        slots = engine.backend.capabilities.max_sequences
+        slots = engine.capabilities.max_sequences
 
         def by_model(name: str, help_: str, value: float) -> GaugeMetricFamily:
             family = GaugeMetricFamily(f"{VLLM_PREFIX}{name}", help_, labels=["model_name"])

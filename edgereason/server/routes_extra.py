@@ -19,7 +19,7 @@ from ..options import GenerationOptions
 from .errors import ModelNotFoundError
 
 if TYPE_CHECKING:
-    from ..engine import Engine
+    from ..surface import ServedEngine
 
 OWNED_BY = "edgereason"
 MAX_TOKENIZE_CHARS = 1 << 22  # the body limit caps it too; this keeps one tokenize call bounded
@@ -45,15 +45,15 @@ class DetokenizeRequest(BaseModel):
     tokens: list[int] = Field(default_factory=list)
 
 
-def model_card(eng: Engine, model_id: str, **extra: Any) -> dict[str, Any]:
+def model_card(eng: ServedEngine, model_id: str, **extra: Any) -> dict[str, Any]:
     """One ``/v1/models`` entry (OpenAI's shape); ``created`` is when the engine was loaded."""
     return {"id": model_id, "object": "model", "created": eng.created, "owned_by": OWNED_BY, **extra}
 
 
 def add_extra_routes(
     app: FastAPI,
-    engine: Callable[[], Engine],
-    served_names: Callable[[Engine], set[str]],
+    engine: Callable[[], ServedEngine],
+    served_names: Callable[[ServedEngine], set[str]],
 ) -> None:
     """Register the routes on ``app``; ``engine()`` returns the serving engine or raises (503)."""
 
@@ -69,10 +69,10 @@ def add_extra_routes(
     @app.post("/tokenize")
     async def tokenize(req: TokenizeRequest) -> dict[str, Any]:
         eng = engine()
-        backend = eng.backend
+        tokenizer = eng.tokenizer
         add_bos = req.add_special and eng.info.add_bos
         tokens = await anyio.to_thread.run_sync(
-            lambda: backend.tokenize(req.content, add_bos=add_bos, special=req.parse_special)
+            lambda: tokenizer.tokenize(req.content, add_bos=add_bos, special=req.parse_special)
         )
         if not req.with_pieces:
             return {"tokens": tokens}
@@ -94,10 +94,10 @@ def add_extra_routes(
     @app.get("/props")
     async def props() -> dict[str, Any]:
         eng = engine()
-        n_ctx = eng.backend.capabilities.n_ctx
+        n_ctx = eng.capabilities.n_ctx
         return {
             "default_generation_settings": {"params": default_params(eng), "n_ctx": n_ctx},
-            "total_slots": eng.backend.capabilities.max_sequences,
+            "total_slots": eng.capabilities.max_sequences,
             "model_alias": eng.name,
             # The file's name only: clients show it; the server's layout stays private.
             "model_path": Path(eng.info.path).name if eng.info.path is not None else eng.name,
@@ -120,7 +120,7 @@ def add_extra_routes(
         return {"version": __version__, "llama_cpp_python": _dist_version("llama-cpp-python")}
 
 
-def default_params(eng: Engine) -> dict[str, Any]:
+def default_params(eng: ServedEngine) -> dict[str, Any]:
     """A request's sampling defaults, under llama-server's /props names."""
     d = GenerationOptions()
     return {
@@ -142,10 +142,9 @@ def default_params(eng: Engine) -> dict[str, Any]:
     }
 
 
-def _piece_bytes(eng: Engine) -> Callable[[int], bytes]:
-    """A token's bytes, control tokens written out where the backend can (llama-server's pieces)."""
-    special: Callable[[int], bytes] | None = getattr(eng.backend, "special_piece", None)
-    return special or eng.backend.token_bytes
+def _piece_bytes(eng: ServedEngine) -> Callable[[int], bytes]:
+    """A token's bytes, control tokens written out (llama-server's pieces)."""
+    return eng.tokenizer.special_piece
 
 
 def _piece(raw: bytes) -> str | list[int]:

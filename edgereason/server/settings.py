@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from ..adapters import AdapterSpec, parse_adapter_spec, scan_adapter_dir
 from ..errors import EdgeReasonError, InvalidRequestError
+from ..loading import BACKENDS, EngineSpec
 
 ENV_PREFIX = "EDGEREASON_"
 DEFAULT_HOST = "127.0.0.1"
@@ -34,9 +35,9 @@ class ServerSettings(BaseSettings):
         default=None,
         description="GGUF path, 'default' (embedded SmolLM2), or a name in $EDGEREASON_MODELS_DIR",
     )
-    backend: Literal["auto", "llama.cpp", "mlx", "onnx", "remote"] = Field(
+    backend: str = Field(
         default="auto",
-        description="runtime; auto picks by artefact (.gguf, MLX folder, ONNX folder, openai://)",
+        description=f"runtime: {' | '.join(BACKENDS)}; auto picks by artefact (.gguf, MLX folder, ONNX folder)",
     )
     alias: str | None = Field(default=None, description="model name clients use (default: the model's own)")
     host: str = Field(default=DEFAULT_HOST, description="address to bind (loopback by default)")
@@ -103,6 +104,13 @@ class ServerSettings(BaseSettings):
         default=1, ge=0, description="seconds suggested in Retry-After when the queue is full"
     )
 
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        if v not in BACKENDS:
+            raise ValueError(f"unknown backend {v!r}; available: {', '.join(BACKENDS)}")
+        return v
+
     @field_validator("api_key")
     @classmethod
     def _key_not_empty(cls, v: str | None) -> str | None:
@@ -150,6 +158,24 @@ class ServerSettings(BaseSettings):
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 2**20)
+
+    def engine_spec(self) -> EngineSpec:
+        """The engine these settings describe (loaded by ``edgereason.loading.load_engine``)."""
+        return EngineSpec(
+            model=self.model,
+            backend=self.backend,
+            n_ctx=self.n_ctx,
+            threads=self.threads,
+            max_sequences=self.max_sequences,
+            cache_type_k=self.cache_type_k,
+            cache_type_v=self.cache_type_v,
+            chat_template_file=self.chat_template,
+            reasoning_format=self.reasoning_format,
+            adapters={spec.name: spec.path for spec in self.adapter_specs()},
+            alias=self.alias,
+            max_queue=self.max_queue,
+            wedge_timeout_s=self.wedge_timeout_s,
+        )
 
     def adapter_specs(self) -> list[AdapterSpec]:
         """--adapter-dir's adapters, then --adapter ones (which win on a shared name)."""

@@ -14,6 +14,8 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from edgereason.surface import ChatEngine  # noqa: E402
+
 from .handlers import (  # noqa: E402
     ADAPTIVE_CHOICES,
     BUDGET_MODES,
@@ -39,7 +41,7 @@ def make_theme() -> gr.themes.Base:
     return gr.themes.Default(font=list(SYSTEM_FONTS), font_mono=list(MONO_FONTS))
 
 
-def build_app(engine: Any) -> gr.Blocks:
+def build_app(engine: ChatEngine) -> gr.Blocks:
     """The chat UI over ``engine``; every event calls a ``ChatHandlers`` method."""
     h = ChatHandlers(engine)
     with gr.Blocks(title="EdgeReason", analytics_enabled=False) as demo:
@@ -160,7 +162,7 @@ def _render(reply: Reply) -> list[Any]:
 
 
 def launch(
-    engine: Any,
+    engine: ChatEngine,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     share: bool = False,

@@ -6,6 +6,7 @@ import html
 from typing import Any
 
 from edgereason.result import ChatResult
+from edgereason.surface import ChatEngine
 
 STOP_REASONS = {
     "model": "the model closed its thinking",
@@ -17,15 +18,15 @@ STOP_REASONS = {
 }
 
 
-def model_info_markdown(engine: Any) -> str:
+def model_info_markdown(engine: ChatEngine) -> str:
     """Name, format, quantisation and what the engine can do, as a short Markdown block."""
     info = engine.info
-    caps = engine.backend.capabilities
+    caps = engine.capabilities
     adapters = ", ".join(engine.adapter_names) or "none"
     return (
         f"**{info.name}**  \n"
         f"{info.format} · {info.quantization or 'unquantised'} · {info.architecture}  \n"
-        f"reasoning format: {engine.reasoning_format.value} · context {caps.n_ctx} · "
+        f"reasoning format: {engine.reasoning_format.value} · context {caps.n_ctx or 'unknown'} · "
         f"{caps.max_sequences} parallel sequences  \n"
         f"LoRA adapters: {adapters}"
     )

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edgereason.errors import EdgeReasonError
+from edgereason.surface import ChatEngine
 
 
 def _name_path(value: str) -> tuple[str, str]:
@@ -20,7 +21,7 @@ def _name_path(value: str) -> tuple[str, str]:
 def add_app_parser(
     sub: Any,
     add_model_flags: Callable[[argparse.ArgumentParser], None],
-    load_engine: Callable[[argparse.Namespace], Any],
+    load_engine: Callable[[argparse.Namespace], ChatEngine],
 ) -> None:
     p = sub.add_parser("app", help="local Gradio chat app: watch the model think, steer budgets, see votes")
     add_model_flags(p)
@@ -38,7 +39,7 @@ def add_app_parser(
     p.set_defaults(func=lambda args: cmd_app(args, load_engine))
 
 
-def cmd_app(args: argparse.Namespace, load_engine: Callable[[argparse.Namespace], Any]) -> int:
+def cmd_app(args: argparse.Namespace, load_engine: Callable[[argparse.Namespace], ChatEngine]) -> int:
     if importlib.util.find_spec("gradio") is None:
         raise EdgeReasonError("the app needs gradio: pip install 'edgereason[app]'")
     from .ui import launch

@@ -16,6 +16,7 @@ from typing import Any
 from edgereason.errors import EdgeReasonError
 from edgereason.job import ChatStream
 from edgereason.options import DEFAULT_EFFORT_BUDGETS, GenerationOptions
+from edgereason.surface import ChatEngine
 
 from . import views
 
@@ -119,12 +120,12 @@ def _message(
 class ChatHandlers:
     """What the UI's events call; one instance per app, state lives in each ChatSession."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: ChatEngine) -> None:
         self.engine = engine
 
     @property
     def max_samples(self) -> int:
-        return max(1, min(MAX_SAMPLES, self.engine.backend.capabilities.max_sequences))
+        return max(1, min(MAX_SAMPLES, self.engine.capabilities.max_sequences))
 
     @property
     def adapter_choices(self) -> list[str]:
