@@ -56,6 +56,7 @@ from .http import (
     apply_report,
     chat_logprobs,
     finish_reason,
+    llama_server_tokens,
     make_target,
     parse_remote_url,
 )
@@ -494,7 +495,7 @@ class RemoteEngine(ChatSurface):
             out.drop_end_of_generation()
         if not any(o.received for o in outs):
             raise RemoteError(f"{self.target.api_base} answered with no choices: {str(resp)[:200]}")
-        return self._counts(outs, resp.get("usage"), resp.get("edgereason"))
+        return self._counts(outs, resp.get("usage"), resp.get("edgereason"), bool(body.get("stop")))
 
     def _chat_stream(
         self, job: RemoteJob, body: dict[str, Any], opts: GenerationOptions, plan: PromptPlan | None
@@ -529,7 +530,7 @@ class RemoteEngine(ChatSurface):
                 out.add(splitters[i].flush(), job.emit, i)
             if job.cancel_requested.is_set() and report is None:
                 out.finish_reason = "cancelled"
-        outs, prompt_tokens = self._counts(outs, usage, report)
+        outs, prompt_tokens = self._counts(outs, usage, report, bool(body.get("stop")))
         missing = [i for i, o in enumerate(outs) if not o.received]
         if missing and not job.cancel_requested.is_set():
             if len(missing) == opts.n:
@@ -551,8 +552,11 @@ class RemoteEngine(ChatSurface):
                         job.emit(Chunk(channel, text, i))
         return outs, prompt_tokens
 
-    def _counts(self, outs: list[RemoteOutput], usage: Any, report: Any) -> tuple[list[RemoteOutput], int]:
-        """Token counts: the EdgeReason report's per choice, else log-probs, else usage (one choice)."""
+    def _counts(
+        self, outs: list[RemoteOutput], usage: Any, report: Any, stops: bool = True
+    ) -> tuple[list[RemoteOutput], int]:
+        """Token counts: the EdgeReason report's per choice, else log-probs, else usage (one choice; on
+        llama-server, usage first: ``stops`` says whether the request had stop strings)."""
         usage = usage if isinstance(usage, dict) else {}
         details = usage.get("completion_tokens_details") or {}
         alone = sum(o.received for o in outs) == 1  # usage is this choice's
@@ -562,6 +566,11 @@ class RemoteEngine(ChatSurface):
             out.completion_tokens = len(out.logprobs) or (
                 int(usage.get("completion_tokens") or 0) if alone else 0
             )
+            exact = (
+                llama_server_tokens(usage, out.finish_reason, stops) if self.flavor == "llamacpp" else None
+            )
+            if alone and exact is not None:
+                out.completion_tokens = max(exact, len(out.logprobs))
             if alone:
                 out.reasoning_tokens = int(details.get("reasoning_tokens") or 0)
             elif not out.completion_tokens and report is None:  # n > 1 without log-probs: count the text

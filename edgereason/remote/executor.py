@@ -30,7 +30,7 @@ from ..strategies.self_consistency import (
     SampleReport,
 )
 from ..strategies.voting import Vote, make_stopping_rule, tally, token_confidence, trace_confidence
-from .http import RemoteOutput, completion_logprobs, finish_reason
+from .http import RemoteOutput, completion_logprobs, finish_reason, llama_server_tokens
 
 if TYPE_CHECKING:
     from .engine import RemoteEngine, RemoteJob
@@ -83,6 +83,7 @@ def continue_prompt(
     stops = StopMatcher(opts.stop)
     prompt = plan.text
     budget = opts.effective_thinking_budget if not plan.thinking_disabled else None
+    closed = 0  # prompt tokens of a think block closed here (budget 0)
     if plan.thinking_disabled:
         out.thinking_stopped_by = "disabled"
     elif budget == 0:  # closed in the prompt, nothing counted (as the local ThinkingController)
@@ -91,6 +92,9 @@ def continue_prompt(
             prompt += text
             splitter.feed(text)
             out.thinking_stopped_by = "budget"
+            # Not the caller's prompt either: usage.prompt_tokens counts the prompt as rendered (as local).
+            count = eng.client.count_tokens
+            closed = count(eng.model, prompt) - count(eng.model, plan.text)
         budget = None
     sampling = {"seed_offset": seed_offset, "temperature": temperature, "top_p": top_p}
     cap = reserve = 0
@@ -135,6 +139,7 @@ def continue_prompt(
         out.finish_reason = "length"
         break
     out.add(splitter.feed(stops.flush()) + splitter.flush(), emit, index)
+    out.prompt_tokens = max(0, out.prompt_tokens - closed) if out.prompt_tokens else 0
     if splitter.in_reasoning and out.thinking_stopped_by is None:
         out.thinking_stopped_by = "model" if out.finish_reason == "stop" else "length"
     return out
@@ -167,11 +172,16 @@ def _completion(
         out.prompt_tokens = int((resp.get("usage") or {}).get("prompt_tokens") or 0)
     finish = finish_reason(ch.get("finish_reason"))
     entries = completion_logprobs(ch.get("logprobs"), finish)
-    if entries and "\ufffd" not in "".join(e.token for e in entries):
+    usage = resp.get("usage") or {}
+    n_tokens = int(usage.get("completion_tokens") or 0)
+    exact = llama_server_tokens(usage, finish, bool(body.get("stop"))) if eng.flavor == "llamacpp" else None
+    n_tokens = n_tokens if exact is None else exact
+    # llama-server lists the tokens of a character split over several as one entry (usage counts each).
+    one_each = exact is None or len(entries) == exact
+    if entries and one_each and "\ufffd" not in "".join(e.token for e in entries):
         out.add_logprobs(entries)
         return [(e.token, 1) for e in entries], finish
     text = (ch.get("reasoning_content") or "") + (ch.get("text") or "")
-    n_tokens = int((resp.get("usage") or {}).get("completion_tokens") or 0)
     return ([(text, n_tokens)] if text or n_tokens else []), finish
 
 

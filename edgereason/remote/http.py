@@ -410,6 +410,20 @@ class RemoteOutput:
         )
 
 
+def llama_server_tokens(usage: Any, finish: str, stop_strings: bool) -> int | None:
+    """The text tokens of one llama-server choice from its usage, which also counts the end-of-generation
+    token; None where that cannot be told (a stop string or the end-of-generation token may have ended it).
+
+    Its log-probs are no count: a character split over several tokens is held back until complete and
+    listed as one entry."""
+    n = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    if not isinstance(n, int) or n <= 0:
+        return None
+    if finish == "length":
+        return n
+    return n - 1 if finish == "stop" and not stop_strings else None
+
+
 def finish_reason(value: Any) -> FinishReason:
     return value if value in ("stop", "length", "cancelled", "error") else "stop"
 
