@@ -395,10 +395,6 @@ class GenerationOptions(BaseModel):
     def uses_lorid(self) -> bool:
         return self.strategy == "lorid" or self.lorid is not None
 
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
-
     @classmethod
     def build(
         cls, base: GenerationOptions | None = None, overrides: Mapping[str, Any] | None = None

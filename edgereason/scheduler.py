@@ -90,7 +90,6 @@ class Seq:
     pending: list[int] = field(default_factory=list)  # to decode next step
     tokens: list[int] = field(default_factory=list)  # everything after the prompt, injected included
     status: Status = Status.ACTIVE
-    tag: object = None  # free for the controller
     held: list[int] = field(default_factory=list)  # the tokens the backend holds (positions 0..n_past-1)
     cacheable: bool = True  # its KV may stay in the slot for a later prompt to reuse (see prefix_cache)
     # Called once when the pending tokens (a prompt) are decoded, before this sequence samples: it may
@@ -301,7 +300,7 @@ class Scheduler:
 
     def _grammar_backend(self) -> GrammarBackend:
         if not self.caps.grammar:
-            fmt = getattr(getattr(self.backend, "info", None), "format", type(self.backend).__name__)
+            fmt = self.backend.info.format
             raise InvalidRequestError(
                 f"the {fmt} backend cannot constrain output (grammar, response_format, forced tool calls); "
                 "use a GGUF model (llama.cpp backend) or drop the constraint",
@@ -572,13 +571,6 @@ class Scheduler:
         seq.tokens.append(token)
         seq.pending.append(token)
         self.guarded(seq.owner, seq.controller.on_token, seq, token, text, lp)
-
-    def cancel_all(self, owner_pred: Callable[[Seq], bool]) -> int:
-        """Finish every sequence matching ``owner_pred``; returns how many."""
-        victims = [s for s in self.seqs if owner_pred(s)]
-        for s in victims:
-            self.finish(s)
-        return len(victims)
 
 
 def _retakes(seqs: list[Seq], takes: list[list[int]]) -> list[tuple[Seq, list[int]]]:
