@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
@@ -16,15 +17,32 @@ from edgereason.options import GenerationOptions
 
 pytest.importorskip("gradio", reason="the app needs gradio: pip install 'edgereason[app]'")
 
+from edgereason.app import markup  # noqa: E402
 from edgereason.app.handlers import (  # noqa: E402
     ERROR_PREFIX,
     THINKING_TITLE,
     ChatHandlers,
     ChatSession,
     Controls,
+    parse_tools,
 )
 
 QUESTION = "What is 12 + 7? Answer briefly."
+ADD_TOOL = json.dumps(
+    [
+        {
+            "name": "add",
+            "description": "Add two numbers",
+            "parameters": {
+                "type": "object",
+                "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+                "required": ["a", "b"],
+            },
+        }
+    ]
+)
+CODE_QUESTION = "Write a Python code block that prints 12 + 7."
+JSON_QUESTION = "Give the numbers 12 and 7 as JSON."
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -139,7 +157,9 @@ def test_bad_options_and_unknown_adapter_are_chat_messages(handlers: ChatHandler
     (reply,) = handlers.respond(session, QUESTION, Controls(adapter="nope"))
     assert "nope" in (reply.error or "")
     assert session.transcript == []
-    assert list(handlers.respond(session, "   ", Controls()))[-1].history == session.display
+    assert list(handlers.respond(session, "   ", Controls()))[-1].history == session.view()
+    (reply,) = handlers.respond(session, QUESTION, Controls(tools="[{not json"))
+    assert reply.error and "function tools are not JSON" in reply.error
 
 
 def test_stop_cancels_generation_in_the_engine(handlers: ChatHandlers, app_engine: er.Engine) -> None:
@@ -172,8 +192,10 @@ def test_build_app_and_cli_flags(app_engine: er.Engine) -> None:
     assert set(by_id) == {
         "er-chat", "er-input", "er-send", "er-stop", "er-clear", "er-thinking", "er-max-tokens",
         "er-samples", "er-samples-slider", "er-vote-panel", "er-votes", "er-vote-summary", "er-lorid",
-        "er-model-info",
+        "er-model-info", "er-adapter", "er-python-tool", "er-tools", "er-tool-choice", "er-answer-format",
     }  # fmt: skip
+    assert by_id["er-python-tool"].value is False  # the Python tool is off until asked for
+    assert by_id["er-chat"].latex_delimiters == markup.MATH_DELIMITERS
     assert app_engine.name in by_id["er-model-info"].value
     # Enter and Send both run the reply; Stop calls the handler that cancels the engine's request.
     events = {(t[0], t[1]) for fn in demo.fns.values() for t in fn.targets}
@@ -189,6 +211,156 @@ def test_build_app_and_cli_flags(app_engine: er.Engine) -> None:
     args = build_parser().parse_args(["app", "--adapter", "math=/tmp/a.gguf", "--port", "7999"])
     assert args.adapter == [("math", "/tmp/a.gguf")]
     assert (args.host, args.port, args.share) == ("127.0.0.1", 7999, False)
+
+
+# -- what messages become: cards, JSON, math (markup.py) ---------------------------------------------
+
+
+def test_boxed_and_dollar_math_become_katex_delimiters_outside_code() -> None:
+    m = markup.math_markdown
+    assert m(r"So the answer is \boxed{12}.") == r"So the answer is \(\boxed{12}\)."
+    assert m(r"\boxed{\frac{1}{2}} and \boxed{x_{1}}") == r"\(\boxed{\frac{1}{2}}\) and \(\boxed{x_{1}}\)"
+    # Already math: left alone (KaTeX renders \boxed inside it).
+    for already in (r"\(\boxed{4}\)", r"\[\boxed{4}\]", r"$$\boxed{4}$$"):
+        assert m(already) == already
+    # pandoc's rule for single dollars: math, or prices.
+    assert m(r"$x^2$ and $\boxed{3}$") == r"\(x^2\) and \(\boxed{3}\)"
+    assert m("It costs $5 and $10.") == "It costs $5 and $10."
+    assert m("$5 for 2$3") == "$5 for 2$3"
+    # Code is code; a \boxed{ still streaming stays text until it closes.
+    assert m("`\\boxed{9}` and\n```\n\\boxed{9}\n```") == "`\\boxed{9}` and\n```\n\\boxed{9}\n```"
+    assert m("```latex\n\\boxed{9}") == "```latex\n\\boxed{9}"
+    assert m(r"partial \boxed{1") == r"partial \boxed{1"
+    assert markup.MATH_DELIMITERS[0] == {"left": "$$", "right": "$$", "display": True}
+    assert {d["left"] for d in markup.MATH_DELIMITERS} == {"$$", "\\[", "\\("}
+
+
+def test_json_answers_become_formatted_code_blocks() -> None:
+    assert markup.answer_markdown('{"b": [1, 2], "a": "x"}') == (
+        '```json\n{\n  "b": [\n    1,\n    2\n  ],\n  "a": "x"\n}\n```'
+    )
+    assert markup.answer_markdown("[1,2]") == "```json\n[\n  1,\n  2\n]\n```"
+    # A bare number or a sentence is not a JSON answer; with a JSON response_format, unparsed text (a
+    # stream in progress, a reply cut by max tokens) is shown as a JSON block anyway.
+    assert markup.answer_markdown("12") == "12"
+    assert markup.answer_markdown("The answer is 12.") == "The answer is 12."
+    assert markup.answer_markdown('{"a": 1', json_expected=True) == '```json\n{"a": 1\n```'
+    assert markup.json_block("  ") is None
+
+
+def test_tool_cards_show_name_arguments_and_result_on_one_line() -> None:
+    card = markup.tool_call_card("add", '{"a":12,"b":7}')
+    assert card.startswith('<details class="er-tool"><summary>') and card.endswith("</details>")
+    assert "<code>add</code>" in card and "Result" not in card
+    assert "{&#10;  &quot;a&quot;: 12" in card or '{&#10;  "a": 12,&#10;  "b": 7&#10;}' in card
+    assert "\n" not in card  # one line: a blank line would end Markdown's HTML block
+    done = markup.tool_call_card("add", '{"a": 1}', result="3\n\nok <b>$x$</b>")
+    assert "Result</b><pre>3&#10;&#10;ok &lt;b&gt;&#36;x&#36;&lt;/b&gt;</pre>" in done and "✓" in done
+    assert "\n" not in done
+    assert markup.pretty_arguments("not json") == "not json"
+    text = markup.answer_markdown("Calling.", [{"name": "add", "arguments": "{}", "result": "3"}])
+    assert text.startswith("Calling.\n\n<details") and "Result" in text
+
+
+def test_python_tool_runs_become_cards_in_answer_and_reasoning() -> None:
+    ran = "Let me compute.\n```python\nx = 12\nprint(x + 7)\n```\n<output>\n19\n</output>\nSo \\boxed{19}."
+    out = markup.answer_markdown(ran)
+    assert out.count('<details class="er-tool er-python">') == 1
+    assert "<summary>🐍 Python tool → <code>19</code></summary>" in out
+    assert "x = 12&#10;print(x + 7)" in out and "<b>Output</b><pre>19</pre>" in out
+    assert "<output>" not in out and out.endswith("So \\(\\boxed{19}\\).")
+    tags = markup.reasoning_markdown(
+        "<code>1/0</code>\n<output>\nZeroDivisionError: division by zero\n</output>"
+    )
+    assert "er-python" in tags and "ZeroDivisionError" in tags
+    # A block without output (the tool off, or still running) stays a code block.
+    assert markup.answer_markdown("```python\nprint(1)\n```") == "```python\nprint(1)\n```"
+    assert "(no output)" in markup.python_card("x = 1", "")
+
+
+def test_tools_box_and_toggles_map_onto_request_fields() -> None:
+    fields = Controls(python_tool=True, answer_format="json", tools=ADD_TOOL, tool_choice="required").fields()
+    assert fields["builtin_tools"] == ["python"]
+    assert fields["response_format"] == {"type": "json_object"}
+    assert fields["tool_choice"] == "required"
+    assert fields["tools"][0]["type"] == "function" and fields["tools"][0]["function"]["name"] == "add"
+    plain = Controls().fields()
+    assert not {"builtin_tools", "response_format", "tools", "tool_choice"} & set(plain)
+    wrapped = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    assert parse_tools(json.dumps(wrapped)) == wrapped == parse_tools(json.dumps(wrapped[0]))
+    assert parse_tools("  ") == []
+
+
+# -- tools, JSON and math through the handlers, on the embedded model ------------------------------
+
+
+def test_tool_call_card_then_the_users_result_then_the_answer(handlers: ChatHandlers) -> None:
+    session = ChatSession()
+    forced = Controls(thinking="off", temperature=0.0, max_tokens=48, tools=ADD_TOOL, tool_choice="required")
+    final = list(handlers.respond(session, "What is 12 + 7?", forced))[-1]
+    assert final.error is None
+    (card,) = [m["content"] for m in final.history if "er-tool" in m["content"]]
+    assert "<code>add</code>" in card and "Result" not in card
+    (call,) = session.pending_calls
+    assert json.loads(call["arguments"]).keys() == {"a", "b"}
+    assert "1 tool call" in _stats(final.history)[0]["metadata"]["title"]
+    assert session.transcript[-1]["tool_calls"][0]["id"] == call["id"]
+    # The next message is the call's result: the card shows it and the model answers after it.
+    after = list(
+        handlers.respond(
+            session, "19", Controls(thinking="off", temperature=0.0, max_tokens=16, tools=ADD_TOOL)
+        )
+    )
+    history = after[-1].history
+    assert after[-1].error is None and session.pending_calls == []
+    card = next(m["content"] for m in history if "er-tool" in m["content"])
+    assert "Result</b><pre>19</pre>" in card
+    assert session.transcript[2] == {"role": "tool", "tool_call_id": call["id"], "content": "19"}
+    assert session.transcript[3]["role"] == "assistant" and len(session.transcript) == 4
+
+
+def test_python_tool_toggle_runs_code_and_shows_a_card(handlers: ChatHandlers) -> None:
+    session = ChatSession()
+    on = Controls(thinking="off", temperature=0.0, max_tokens=48, python_tool=True)
+    final = list(handlers.respond(session, CODE_QUESTION, on))[-1]
+    assert final.error is None
+    answer = next(m["content"] for m in final.history if "er-python" in m["content"])
+    assert "<summary>🐍 Python tool → <code>19</code></summary>" in answer and "<output>" not in answer
+    assert "1 Python run" in _stats(final.history)[0]["metadata"]["title"]
+    assert "Python tool: 1 run(s), 0 error(s)" in _stats(final.history)[0]["content"]
+    # Off (the default): the same request runs nothing; the model's block stays a code block.
+    off = list(
+        handlers.respond(
+            ChatSession(), CODE_QUESTION, Controls(thinking="off", temperature=0.0, max_tokens=24)
+        )
+    )
+    assert not any("er-python" in m["content"] for m in off[-1].history)
+
+
+def test_python_tool_refused_by_the_engine_is_a_chat_message(
+    handlers: ChatHandlers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgereason import sandbox
+
+    # Fault injection: a machine where the sandbox cannot isolate code.
+    monkeypatch.setattr(sandbox, "sandbox_unavailable_reason", lambda: "user namespaces are disabled")
+    session = ChatSession()
+    (reply,) = handlers.respond(session, CODE_QUESTION, Controls(python_tool=True))
+    assert reply.error and "Python tool is unavailable" in reply.error and "user namespaces" in reply.error
+    assert reply.history[-1]["content"].startswith(ERROR_PREFIX)
+    assert session.transcript == [] and session.stream is None
+
+
+def test_json_answer_format_renders_a_json_block(handlers: ChatHandlers) -> None:
+    session = ChatSession()
+    controls = Controls(thinking="off", temperature=0.0, max_tokens=24, answer_format="json")
+    final = list(handlers.respond(session, JSON_QUESTION, controls))[-1]
+    assert final.error is None
+    answer = final.history[1]["content"]
+    assert answer.startswith("```json\n") and answer.endswith("\n```")
+    assert json.loads(session.transcript[-1]["content"]) == json.loads(
+        answer[len("```json\n") : -len("\n```")]
+    )
 
 
 # -- end to end in a real browser ----------------------------------------------------------------
@@ -302,6 +474,9 @@ def test_app_over_a_remote_engine(capsys: pytest.CaptureFixture[str]) -> None:
             replies = list(h.respond(session, "What is 2 + 2?", Controls(max_tokens=8, thinking="off")))
             assert replies and session.transcript[-1]["role"] == "assistant"
             assert session.transcript[-1]["content"].strip()
+            # The remote engine does not send builtin_tools: the app says so rather than answer without it.
+            (refused,) = h.respond(session, "Run print(1).", Controls(max_tokens=8, python_tool=True))
+            assert refused.error and "remote server" in refused.error and "Python tool" in refused.error
         assert main(["app", "--model", url, "--adapter", "math=/tmp/a.gguf"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "remote server loads its own adapters" in err, err

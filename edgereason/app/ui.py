@@ -18,15 +18,18 @@ from edgereason.surface import ChatEngine  # noqa: E402
 
 from .handlers import (  # noqa: E402
     ADAPTIVE_CHOICES,
+    ANSWER_FORMATS,
     BUDGET_MODES,
     DEFAULT_MAX_TOKENS,
     EFFORT_CHOICES,
     THINKING_CHOICES,
+    TOOL_CHOICES,
     ChatHandlers,
     ChatSession,
     Controls,
     Reply,
 )
+from .markup import MATH_DELIMITERS  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,11 @@ def build_app(engine: ChatEngine) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=3):
                 chatbot = gr.Chatbot(
-                    label="Chat", height=520, elem_id="er-chat", group_consecutive_messages=False
+                    label="Chat",
+                    height=520,
+                    elem_id="er-chat",
+                    group_consecutive_messages=False,
+                    latex_delimiters=MATH_DELIMITERS,
                 )
                 with gr.Row():
                     box = gr.Textbox(
@@ -123,7 +130,9 @@ def _controls(h: ChatHandlers) -> list[gr.components.Component]:
         )
         c["adaptive"] = gr.Radio(list(ADAPTIVE_CHOICES), value=d.adaptive, label="Adaptive stopping")
     with gr.Accordion("Adapters", open=False):
-        c["adapter"] = gr.Dropdown(h.adapter_choices, value=d.adapter, label="LoRA adapter")
+        c["adapter"] = gr.Dropdown(
+            h.adapter_choices, value=d.adapter, label="LoRA adapter", elem_id="er-adapter"
+        )
         c["lorid"] = gr.Checkbox(
             value=False,
             label="LoRID (IR + KG→DR adapters)",
@@ -134,6 +143,26 @@ def _controls(h: ChatHandlers) -> list[gr.components.Component]:
         c["temperature"] = gr.Slider(0.0, 2.0, value=d.temperature, step=0.05, label="Temperature")
         c["max_tokens"] = gr.Slider(
             16, 8192, value=DEFAULT_MAX_TOKENS, step=16, label="Max tokens", elem_id="er-max-tokens"
+        )
+
+    with gr.Accordion("Tools and answer format", open=False):
+        c["python_tool"] = gr.Checkbox(
+            value=d.python_tool,
+            label="Python tool (the engine runs the model's code blocks in a sandbox)",
+            elem_id="er-python-tool",
+        )
+        c["tools"] = gr.Textbox(
+            value=d.tools,
+            lines=3,
+            placeholder='[{"type": "function", "function": {"name": "add", "parameters": {...}}}]',
+            label="Function tools (OpenAI JSON; your next message answers each call)",
+            elem_id="er-tools",
+        )
+        c["tool_choice"] = gr.Radio(
+            list(TOOL_CHOICES), value=d.tool_choice, label="Tool choice", elem_id="er-tool-choice"
+        )
+        c["answer_format"] = gr.Radio(
+            list(ANSWER_FORMATS), value=d.answer_format, label="Answer format", elem_id="er-answer-format"
         )
 
     def preset(effort: str) -> tuple[Any, Any]:

@@ -42,6 +42,10 @@ def stats_title(result: ChatResult, elapsed_s: float, *, stopped: bool = False) 
         f"{answer_tokens} answer tok",
         f"{rate:.1f} tok/s",
     ]
+    if usage.tool_calls:
+        parts.append(f"{usage.tool_calls} Python run{'s' if usage.tool_calls != 1 else ''}")
+    if result.tool_calls:
+        parts.append(f"{len(result.tool_calls)} tool call{'s' if len(result.tool_calls) != 1 else ''}")
     why = result.thinking_stopped_by
     if why:
         parts.append(f"thinking stopped: {why}")
@@ -70,6 +74,12 @@ def stats_details(result: ChatResult, elapsed_s: float) -> str:
     for p in c.extra.get("early_exit_probes") or ():
         lines.append(
             f"- probe at {p['at']} reasoning tokens: `{p['answer']}` (confidence {p['confidence']:.2f})"
+        )
+    tool = c.extra.get("python_tool")
+    if tool:
+        lines.append(
+            f"- Python tool: {tool['calls']} run(s), {tool['errors']} error(s), "
+            f"{tool['tokens']} output tokens, {tool['wall_s']:.2f} s"
         )
     if c.extra.get("think_answer_mismatch"):
         lines.append("- the answer disagrees with the reasoning")
