@@ -85,5 +85,10 @@ eval: setup
 student: setup
 	$(BIN)/python -m edgereason.convert.distill --out edgereason/data/student
 
+# Train the code-using student (Python for the built-in tool; model "student-code") into the package.
+.PHONY: student-code
+student-code: setup
+	$(BIN)/python -m edgereason.convert.distill_code --out edgereason/data/student_code --work build/student-code
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache bench-results eval-results

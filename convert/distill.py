@@ -203,18 +203,27 @@ def _torch() -> Any:
     return torch
 
 
-def _batch_loss(model: Any, batch: Sequence[tuple[list[int], list[int]]], device: str) -> torch.Tensor:
-    """Mean cross-entropy over target tokens; the vocabulary projection runs on target positions only."""
+# (prompt ids, target ids) or (prompt ids, target ids, loss mask over the target: 1 trained, 0 not)
+TrainItem = tuple[list[int], ...]
+
+
+def _batch_loss(model: Any, batch: Sequence[TrainItem], device: str) -> torch.Tensor:
+    """Mean cross-entropy over target tokens (those of the loss mask when an item has one: a tool's
+    injected output is not trained on); the vocabulary projection runs on those positions only."""
     torch = _torch()
-    width = max(len(p) + len(t) for p, t in batch)
+    width = max(len(ex[0]) + len(ex[1]) for ex in batch)
     ids = torch.zeros((len(batch), width), dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     predicts = torch.zeros((len(batch), width), dtype=torch.bool)  # position i predicts token i + 1
-    for row, (prompt, target) in enumerate(batch):
+    for row, ex in enumerate(batch):
+        prompt, target = ex[0], ex[1]
         seq = prompt + target
         ids[row, : len(seq)] = torch.tensor(seq)
         mask[row, : len(seq)] = 1
-        predicts[row, len(prompt) - 1 : len(seq) - 1] = True
+        if len(ex) > 2:
+            predicts[row, len(prompt) - 1 : len(seq) - 1] = torch.tensor(ex[2], dtype=torch.bool)
+        else:
+            predicts[row, len(prompt) - 1 : len(seq) - 1] = True
     ids, mask, predicts = ids.to(device), mask.to(device), predicts.to(device)
     causal_lm = model.get_base_model()
     hidden = causal_lm.model(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -224,7 +233,7 @@ def _batch_loss(model: Any, batch: Sequence[tuple[list[int], list[int]]], device
 
 
 def train_adapter(
-    hf_dir: Path, data: Sequence[tuple[list[int], list[int]]], settings: DistillSettings, out_dir: Path
+    hf_dir: Path, data: Sequence[TrainItem], settings: DistillSettings, out_dir: Path
 ) -> dict[str, Any]:
     """LoRA-fine-tune the HF copy on ``data`` (each example once, in a seeded order); save the PEFT folder."""
     torch = _torch()
@@ -279,7 +288,7 @@ def train_adapter(
                 time.perf_counter() - t0,
             )
     model.save_pretrained(str(out_dir))
-    tokens = sum(len(p) + len(t) for p, t in kept[: settings.steps * settings.batch_size])
+    tokens = sum(len(ex[0]) + len(ex[1]) for ex in kept[: settings.steps * settings.batch_size])
     return {
         "examples": len(kept),
         "dropped_too_long": len(data) - len(kept),

@@ -17,6 +17,8 @@ EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL = "default"
 STUDENT_MODEL = "student"
 STUDENT_DIR = Path(__file__).parent / "data" / "student"
+CODE_STUDENT_MODEL = "student-code"
+CODE_STUDENT_DIR = Path(__file__).parent / "data" / "student_code"
 MODELS_DIR_ENV = "EDGEREASON_MODELS_DIR"
 
 
@@ -42,9 +44,24 @@ def student_preset() -> Preset:
     return Preset(STUDENT_MODEL, embedded_model_path(), files, STUDENT_MODEL, "deepseek-r1")
 
 
+def code_student_preset() -> Preset:
+    """The code-using student: the embedded SmolLM2 with the adapter that writes Python for the built-in
+    tool (request ``builtin_tools=["python"]``), trained by ``edgereason.convert.distill_code``."""
+    path = CODE_STUDENT_DIR / "student.gguf"
+    if not path.is_file():
+        raise ModelLoadError(
+            f"the code student's adapter is missing from {CODE_STUDENT_DIR}; build it with 'make student-code'"
+        )
+    return Preset(CODE_STUDENT_MODEL, embedded_model_path(), {"student": path}, "student", "deepseek-r1")
+
+
+_PRESETS = {STUDENT_MODEL: student_preset, CODE_STUDENT_MODEL: code_student_preset}
+
+
 def preset_for(model: str | os.PathLike[str] | None) -> Preset | None:
-    """The packaged preset a model name stands for, if any ("student")."""
-    return student_preset() if model is not None and str(model) == STUDENT_MODEL else None
+    """The packaged preset a model name stands for, if any ("student", "student-code")."""
+    make = _PRESETS.get(str(model)) if model is not None else None
+    return make() if make is not None else None
 
 
 def embedded_model_path() -> Path:
@@ -71,8 +88,8 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
     allow), or an Ollama name (``llama3.2:1b``) in Ollama's local store."""
     if model is None or str(model) == DEFAULT_MODEL:
         return embedded_model_path()
-    if str(model) == STUDENT_MODEL:
-        return student_preset().base
+    if (preset := preset_for(model)) is not None:
+        return preset.base
     p = Path(model).expanduser()
     if p.exists():
         return p
@@ -157,8 +174,9 @@ def list_models(extra_paths: list[str] | None = None) -> list[ModelEntry]:
     entries: list[ModelEntry] = []
     with contextlib.suppress(ModelLoadError):
         entries.append(describe(embedded_model_path(), DEFAULT_MODEL, "embedded"))
-    with contextlib.suppress(ModelLoadError):
-        entries.append(describe(student_preset().base, STUDENT_MODEL, "student"))
+    for preset_name, make in _PRESETS.items():
+        with contextlib.suppress(ModelLoadError):
+            entries.append(describe(make().base, preset_name, "student"))
     candidates: list[tuple[Path, str | None, str]] = [
         (Path(p).expanduser(), None, "path") for p in extra_paths or []
     ]
