@@ -65,6 +65,10 @@ class Engine(ChatSurface):
     A fault fails only the request at fault (see ``scheduler``). If the engine thread dies or makes no
     progress for ``wedge_timeout_s`` while work is queued, ``stopped_reason`` says so and ``submit``
     raises EngineStoppedError; a dead thread also fails every request it held.
+
+    ``python_tool``: requests may ask for the built-in Python tool (``builtin_tools``); a server turns it
+    off unless its operator passes ``--tool python``. ``unsafe_python_tool``: run it with resource limits
+    only where the sandbox's namespaces are unavailable.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class Engine(ChatSurface):
         name: str | None = None,
         default_adapters: AdapterSet = (),
         wedge_timeout_s: float = DEFAULT_WEDGE_TIMEOUT_S,
+        python_tool: bool = True,
         unsafe_python_tool: bool = False,
         python_tool_timeout_s: float = DEFAULT_TOOL_TIMEOUT_S,
     ) -> None:
@@ -105,7 +110,9 @@ class Engine(ChatSurface):
         self.scheduler = Scheduler(backend)
         self._inbox: queue.Queue[Job | _Control | None] = queue.Queue()
         # The built-in Python tool's workers post their results back through the inbox.
-        self.tools = ToolRunner(self._post, unsafe=unsafe_python_tool, timeout_s=python_tool_timeout_s)
+        self.tools = ToolRunner(
+            self._post, enabled=python_tool, unsafe=unsafe_python_tool, timeout_s=python_tool_timeout_s
+        )
         self.scheduler.tool_runner = self.tools
         self._parked = False  # the last step found nothing to decode: every running job waits on a tool
         # Read by caller threads; replaced (never mutated) by the engine thread.

@@ -157,6 +157,8 @@ def load(
     name: str | None = None,
     max_queue: int | None = None,
     wedge_timeout_s: float | None = None,
+    python_tool: bool = True,
+    unsafe_python_tool: bool = False,
 ) -> ChatEngine:
     """Load a model and start an engine for it.
 
@@ -167,7 +169,8 @@ def load(
     ``adapters``: LoRA adapters by name (GGUF files for llama.cpp, mlx-lm adapter folders for MLX).
     ``cache_type_k``/``cache_type_v``: the llama.cpp KV cache types (f16, q8_0, q4_0; llama-server's
     ``--cache-type-k/-v``); a quantised V cache turns flash attention on. ``name``: the model name
-    results report (serve's alias). ``max_queue``/``wedge_timeout_s``: see ``Engine``.
+    results report (serve's alias). ``max_queue``/``wedge_timeout_s``/``python_tool``/
+    ``unsafe_python_tool``: see ``Engine`` (a remote engine runs no built-in tool).
     """
     kind = pick_backend(model, backend)
     if kind == REMOTE_BACKEND:
@@ -217,6 +220,8 @@ def load(
             reasoning_format=reasoning_format,
             name=name or (preset.name if preset is not None else None),
             default_adapters=default_adapters,
+            python_tool=python_tool,
+            unsafe_python_tool=unsafe_python_tool,
             **tuning,
         )
     except BaseException:
@@ -241,6 +246,8 @@ class EngineSpec:
     alias: str | None = None
     max_queue: int | None = None
     wedge_timeout_s: float | None = None
+    python_tool: bool = True
+    unsafe_python_tool: bool = False
 
 
 def load_engine(spec: EngineSpec) -> ChatEngine:
@@ -267,4 +274,6 @@ def load_engine(spec: EngineSpec) -> ChatEngine:
         name=spec.alias,
         max_queue=spec.max_queue,
         wedge_timeout_s=spec.wedge_timeout_s,
+        python_tool=spec.python_tool,
+        unsafe_python_tool=spec.unsafe_python_tool,
     )

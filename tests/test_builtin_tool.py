@@ -342,7 +342,7 @@ def test_self_consistency_samples_run_their_own_code(forced: tuple[er.Engine, Fo
 # -- the server: the output streams in the channel the model was writing in -----------------------------
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    yield from _start()
+    yield from _start("--tool", "python")  # a server runs model-written code only when told to
 
 
 def _stream(client: openai.OpenAI, **extra: Any) -> tuple[str, str, Any]:
@@ -384,3 +384,42 @@ def test_server_streams_tool_output_in_its_channel(server: Server) -> None:
             extra_body={"builtin_tools": ["shell"]},  # type: ignore[arg-type]
         )
     assert err.value.body["param"] == "builtin_tools"  # type: ignore[index]
+
+
+# -- who switches it on: the operator (serve --tool python), the CLI per run, never a remote engine -------
+def test_an_engine_with_the_tool_off_refuses_by_name(model_path: Path) -> None:
+    with er.load(model_path, n_ctx=256, threads=1, max_sequences=1, python_tool=False) as engine:
+        with pytest.raises(InvalidRequestError, match="--tool python") as err:
+            engine.chat(CODE_PROMPT, max_tokens=4, builtin_tools=["python"])
+        assert err.value.param == "builtin_tools"
+        assert engine.chat(CODE_PROMPT, max_tokens=4).usage.completion_tokens == 4  # it goes on serving
+
+
+def test_serve_settings_switch_the_tool_on_only_when_told() -> None:
+    import argparse
+
+    from edgereason.server.settings import ServerSettings, add_settings_flags, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_settings_flags(parser)
+    off = settings_from_args(parser.parse_args([]))
+    on = settings_from_args(parser.parse_args(["--tool", "python", "--unsafe-python-tool"]))
+    assert not off.engine_spec().python_tool and not off.engine_spec().unsafe_python_tool
+    assert on.engine_spec().python_tool and on.engine_spec().unsafe_python_tool
+    with pytest.raises(ValueError, match="unknown tool 'shell'"):
+        ServerSettings(tool=["shell"])
+
+
+def test_cli_run_with_the_tool(model_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgereason.cli.main import main
+
+    argv = ["run", CODE_PROMPT[0]["content"], "--model", str(model_path), "--tool", "python"]
+    assert main([*argv, "--max-tokens", "30", "--temp", "0", "-t", "1", "-c", "256", "-np", "1"]) == 0
+    assert "```\n<output>\n19\n</output>\n" in capsys.readouterr().out
+
+
+def test_a_remote_engine_refuses_the_tool(server: Server) -> None:
+    with er.load(f"openai://{server.base.removeprefix('http://')}/v1/default") as remote:
+        with pytest.raises(InvalidRequestError, match="--tool python") as err:
+            remote.chat(CODE_PROMPT, max_tokens=4, builtin_tools=["python"])
+        assert err.value.param == "builtin_tools"

@@ -110,6 +110,9 @@ def add_eval_parser(
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     add_model_flags(p)
     add_adapter_flags(p)
+    from .flags import add_tool_flags
+
+    add_tool_flags(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -182,6 +185,7 @@ def _settings(args: argparse.Namespace) -> Any:
         prompt=args.prompt or DEFAULT_PROMPT,
         seed=args.seed,
         adapter=args.use_adapter,
+        tools=tuple(args.builtin_tools or ()),
     )
 
 

@@ -106,6 +106,25 @@ def add_adapter_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_tool_flags(p: argparse.ArgumentParser) -> None:
+    """The built-in Python tool: the engine runs the model's code blocks (README "Built-in Python tool")."""
+    p.add_argument(
+        "--tool",
+        dest="builtin_tools",
+        action="append",
+        choices=["python"],
+        default=None,
+        help="a built-in tool the engine runs when the model writes for it: python (code blocks run in a "
+        "sandbox, their output is injected)",
+    )
+    _env_flag(p, "--max-tool-calls", type=int, help="code blocks run per choice (default 8)")
+    p.add_argument(
+        "--unsafe-python-tool",
+        action="store_true",
+        help="run the Python tool with resource limits only where the sandbox's namespaces are unavailable",
+    )
+
+
 def add_generation_flags(p: argparse.ArgumentParser) -> None:
     """Flags that map one-to-one onto GenerationOptions fields (unset flags keep the defaults)."""
     _env_flag(p, "--max-tokens", type=int, help="cap on generated tokens")

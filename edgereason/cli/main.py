@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from .. import __version__
 from ..errors import EdgeReasonError, MissingExtraError
-from .flags import add_adapter_flags, add_generation_flags, add_model_flags, apply_env
+from .flags import add_adapter_flags, add_generation_flags, add_model_flags, add_tool_flags, apply_env
 
 if TYPE_CHECKING:
     from ..loading import EngineSpec
@@ -45,6 +45,8 @@ _GEN_FIELDS = (
     "min_thinking",
     "reasoning_effort",
     "early_exit_threshold",
+    "builtin_tools",
+    "max_tool_calls",
 )
 
 
@@ -81,6 +83,7 @@ def engine_spec(args: argparse.Namespace, **overrides: Any) -> EngineSpec:
         chat_template_file=args.chat_template,
         reasoning_format=args.reasoning_format,
         adapters={spec.name: spec.path for spec in _adapter_specs(args)},
+        unsafe_python_tool=bool(getattr(args, "unsafe_python_tool", False)),
     )
     return dataclasses.replace(spec, **overrides)
 
@@ -292,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(run)
     add_adapter_flags(run)
     add_generation_flags(run)
+    add_tool_flags(run)
     run.set_defaults(func=cmd_run)
 
     chat = sub.add_parser("chat", help="interactive terminal chat keeping history")
@@ -299,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(chat)
     add_adapter_flags(chat)
     add_generation_flags(chat)
+    add_tool_flags(chat)
     chat.set_defaults(func=cmd_chat)
 
     models = sub.add_parser("models", help="list the models EdgeReason can find")

@@ -114,6 +114,7 @@ class EvalSettings:
     prompt: str = DEFAULT_PROMPT  # "{question}" is replaced by the item's question
     seed: int = 0
     adapter: str | None = None  # a loaded LoRA adapter for every strategy but lorid (which picks by role)
+    tools: tuple[str, ...] = ()  # built-in tools the engine runs for every strategy (--tool python)
 
     def __post_init__(self) -> None:
         if self.max_think < 0 or self.answer_tokens < 1:
@@ -136,6 +137,7 @@ class EvalSettings:
             "prompt": self.prompt,
             "seed": self.seed,
             "adapter": self.adapter,
+            **({"tools": list(self.tools)} if self.tools else {}),
         }
 
 
@@ -165,4 +167,6 @@ def request_fields(spec: StrategySpec, settings: EvalSettings, index: int) -> di
         fields["strategy"] = "lorid"
     if settings.adapter is not None and spec.kind != "lorid":
         fields["adapter"] = settings.adapter
+    if settings.tools:
+        fields["builtin_tools"] = list(settings.tools)
     return fields

@@ -287,6 +287,12 @@ class RemoteEngine(ChatSurface):
         return ChatStream(job)
 
     def _check_supported(self, opts: GenerationOptions) -> None:
+        if opts.builtin_tools:
+            raise InvalidRequestError(
+                "the remote engine does not run the built-in Python tool; send the request straight to an "
+                "EdgeReason server started with --tool python",
+                param="builtin_tools",
+            )
         if _steered(opts) and self.flavor != "edgereason":
             raise InvalidRequestError(
                 "thinking_budget='auto', min_thinking and loop_guard steer every token (probes, rewinds): "

@@ -100,6 +100,16 @@ class ServerSettings(BaseSettings):
         description="seconds of silence in a stream before a ': keep-alive' SSE comment (0: never); "
         "self-consistency and LoRID send nothing until they finish, and proxies cut idle connections",
     )
+    tool: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="built-in tool the server runs for requests that ask for it (builtin_tools): python "
+        "(repeatable; off unless given, since it runs model-written code in a sandbox)",
+    )
+    unsafe_python_tool: bool = Field(
+        default=False,
+        description="run the Python tool with resource limits only where the sandbox's namespaces are "
+        "unavailable (no network or filesystem isolation)",
+    )
     retry_after: int = Field(
         default=1, ge=0, description="seconds suggested in Retry-After when the queue is full"
     )
@@ -118,7 +128,15 @@ class ServerSettings(BaseSettings):
             raise ValueError("an empty API key would turn authentication off; give a key or leave it unset")
         return v
 
-    @field_validator("cors_origin", "allowed_host", mode="before")
+    @field_validator("tool")
+    @classmethod
+    def _known_tools(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - {"python"})
+        if unknown:
+            raise ValueError(f"unknown tool {unknown[0]!r}; available: python")
+        return v
+
+    @field_validator("cors_origin", "allowed_host", "tool", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         if isinstance(v, str):  # an env var holds a JSON list, one name, or a comma-separated list
@@ -175,6 +193,8 @@ class ServerSettings(BaseSettings):
             alias=self.alias,
             max_queue=self.max_queue,
             wedge_timeout_s=self.wedge_timeout_s,
+            python_tool="python" in self.tool,
+            unsafe_python_tool=self.unsafe_python_tool,
         )
 
     def adapter_specs(self) -> list[AdapterSpec]:
@@ -270,8 +290,11 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
                 flag, action="append", default=None, metavar="NAME=PATH[:SCALE]", help=info.description
             )
             continue
-        if name in ("cors_origin", "allowed_host"):
+        if name in ("cors_origin", "allowed_host", "tool"):
             parser.add_argument(flag, action="append", default=None, help=info.description)
+            continue
+        if info.annotation is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=info.description)
             continue
         kind = _scalar_type(info.annotation)
         parser.add_argument(flag, type=kind, default=None, help=info.description)

@@ -128,11 +128,13 @@ class ToolRunner:
         self,
         post: Callable[[Callable[[], None]], None],
         *,
+        enabled: bool = True,
         unsafe: bool = False,
         workers: int = DEFAULT_TOOL_WORKERS,
         timeout_s: float = DEFAULT_TOOL_TIMEOUT_S,
     ) -> None:
         self._post = post
+        self.enabled = enabled  # the operator's switch: a server runs model-written code only if told to
         self.unsafe = unsafe
         self.workers = workers
         self.timeout_s = timeout_s
@@ -142,7 +144,14 @@ class ToolRunner:
         self.runs = 0
 
     def check_available(self) -> None:
-        """InvalidRequestError (naming builtin_tools) unless code can run here: namespaces, or unsafe."""
+        """InvalidRequestError (naming builtin_tools) unless code can run here: switched on, and namespaces
+        or unsafe."""
+        if not self.enabled:
+            raise InvalidRequestError(
+                "the built-in Python tool is off on this server (it runs model-written code); "
+                "start it with --tool python to allow it",
+                param="builtin_tools",
+            )
         reason = sandbox.sandbox_unavailable_reason()
         if reason is not None and not self.unsafe:
             raise InvalidRequestError(
