@@ -54,6 +54,16 @@ def test_bench_serve(tmp_path: Path) -> None:
         assert res["llama_cpp_server"]["2_clients"]["tokens"] == 16
 
 
+def test_bench_structured(tmp_path: Path) -> None:
+    res = _bench(tmp_path, "structured", "--tokens", "24", "--repeats", "1")
+    rows = {r["format"]: r for r in res["rows"]}
+    assert list(rows) == ["free", "json_object", "json_schema"]
+    assert rows["free"]["completion_tokens"] == [24]  # ignore_eos: every token asked for
+    for r in rows.values():
+        assert 2 <= r["completion_tokens"][0] <= 24 and r["ms_per_token"] > 0
+        assert r["vs_free"] == pytest.approx(r["ms_per_token"] / rows["free"]["ms_per_token"], rel=0.01)
+
+
 @pytest.mark.slow  # about 80 s on a busy 2-core machine
 def test_bench_votes(tmp_path: Path) -> None:
     flags = ("--tokens", "8", "--repeats", "1", "--problems", "2", "--answer-tokens", "16")

@@ -11,7 +11,18 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-BENCHES = ("decode", "serve", "votes", "budgets", "lora", "convert", "backends", "hybrid", "peer")
+BENCHES = (
+    "decode",
+    "serve",
+    "votes",
+    "budgets",
+    "lora",
+    "convert",
+    "backends",
+    "hybrid",
+    "peer",
+    "structured",
+)
 
 
 def add_bench_parser(sub: Any, add_model_flags: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -43,7 +54,7 @@ def add_bench_parser(sub: Any, add_model_flags: Callable[[argparse.ArgumentParse
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from . import backends, budgets, convert, decode, hybrid, lora, peer, serve, votes
+    from . import backends, budgets, convert, decode, hybrid, lora, peer, serve, structured, votes
 
     runners = {
         "decode": decode.run,
@@ -55,6 +66,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "hybrid": hybrid.run,
         "backends": backends.run,
         "peer": peer.run,
+        "structured": structured.run,
     }
     results = runners[args.which](args)
     args.out.mkdir(parents=True, exist_ok=True)
