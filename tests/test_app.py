@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -193,6 +194,7 @@ def test_build_app_and_cli_flags(app_engine: er.Engine) -> None:
         "er-chat", "er-input", "er-send", "er-stop", "er-clear", "er-thinking", "er-max-tokens",
         "er-samples", "er-samples-slider", "er-vote-panel", "er-votes", "er-vote-summary", "er-lorid",
         "er-model-info", "er-adapter", "er-python-tool", "er-tools", "er-tool-choice", "er-answer-format",
+        "er-temperature",
     }  # fmt: skip
     assert by_id["er-python-tool"].value is False  # the Python tool is off until asked for
     assert by_id["er-chat"].latex_delimiters == markup.MATH_DELIMITERS
@@ -443,6 +445,120 @@ def test_browser_chat_thinking_panel_and_vote_chart(app_engine: er.Engine, tmp_p
     finally:
         demo.close()
     assert external == [], f"the app fetched from the internet: {external}"
+
+
+@pytest.mark.slow
+def test_browser_renders_tool_cards_json_and_math(app_engine: er.Engine, tmp_path: Path) -> None:
+    """What the user sees, read from the rendered DOM: a <details> card per tool call (the user's next
+    message fills in its result), a card for the Python tool's run, a JSON answer as a code block, and a
+    \boxed{} answer as KaTeX. Short greedy generations, the tool call forced by tool_choice."""
+    from edgereason.models import STUDENT_DIR
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"!!! {CHROMIUM} is not installed: the app's rendering test did NOT run")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (dev extra)")
+    student = STUDENT_DIR / "student.gguf"
+    if not student.is_file():
+        pytest.skip(f"the demo student adapter is missing ({student}): it writes the \\boxed{{}} answer")
+    from edgereason.app.ui import launch
+
+    # The student writes "\boxed{19}" in its reasoning in ~40 tokens; the base model never writes \boxed.
+    app_engine.load_adapter("student", student)
+    port = _free_port()
+    demo = launch(app_engine, port=port, block=False)
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            try:
+                _render_steps(page, port, tmp_path)
+            except Exception:
+                page.screenshot(path=str(tmp_path / "failed.png"), full_page=True)
+                raise
+            browser.close()
+    finally:
+        demo.close()
+        app_engine.unload_adapter("student")
+
+
+def _render_steps(page: Any, port: int, tmp_path: Path) -> None:
+    page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+    chat = page.locator("#er-chat")
+
+    def send(text: str) -> None:
+        page.locator("#er-input textarea").fill(text)
+        page.locator("#er-input textarea").press("Enter")
+
+    def clear() -> None:
+        page.locator("#er-clear").click()
+        page.wait_for_function("() => !document.querySelector('#er-chat .message')")
+
+    # A forced function call: a collapsed card with the name and the arguments pretty-printed.
+    _set_number(page, "#er-temperature", 0)
+    page.locator("#er-thinking").get_by_text("off", exact=True).click()
+    _set_number(page, "#er-max-tokens", 48)
+    page.get_by_text("Tools and answer format").click()
+    page.locator("#er-tools textarea").fill(ADD_TOOL)
+    page.locator("#er-tool-choice").get_by_text("required", exact=True).click()
+    send("What is 12 + 7?")
+    chat.get_by_text("1 tool call").first.wait_for(timeout=120_000)
+    card = chat.locator("details.er-tool").first
+    assert "add" in card.locator("summary").inner_text()
+    assert card.get_attribute("open") is None  # collapsed until clicked
+    card.locator("summary").click()
+    args = card.locator("pre code").first.inner_text()
+    assert json.loads(args).keys() == {"a", "b"} and "\n" in args, args
+    # The next message is the call's result: the card shows it, then the model answers.
+    page.locator("#er-tool-choice").get_by_text("auto", exact=True).click()
+    send("19")
+    chat.locator("details.er-tool", has_text="Result").first.wait_for(state="attached", timeout=120_000)
+    page.wait_for_function(
+        "() => document.querySelectorAll('#er-chat .message').length >= 6", timeout=120_000
+    )
+    page.screenshot(path=str(tmp_path / "1-tool-card.png"), full_page=True)
+
+    # The built-in Python tool: the code and its output as a card.
+    clear()
+    page.locator("#er-tools textarea").fill("")
+    page.locator("#er-python-tool input").check()
+    send(CODE_QUESTION)
+    chat.get_by_text("Python run").first.wait_for(timeout=120_000)
+    run = chat.locator("details.er-python").first
+    assert "19" in run.locator("summary").inner_text(), (run.inner_html(), chat.inner_text())
+    run.locator("summary").click()
+    assert "print" in run.locator("pre code").first.inner_text()
+    page.screenshot(path=str(tmp_path / "2-python-card.png"), full_page=True)
+
+    # A JSON answer: a code block outside any card.
+    clear()
+    page.locator("#er-python-tool input").uncheck()
+    page.locator("#er-answer-format").get_by_text("json", exact=True).click()
+    _set_number(page, "#er-max-tokens", 24)
+    send(JSON_QUESTION)
+    chat.get_by_text("answer tok").first.wait_for(timeout=120_000)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#er-chat pre code')]"
+        ".some(c => !c.closest('details') && c.textContent.trim().startsWith('{'))",
+        timeout=30_000,
+    )
+    page.screenshot(path=str(tmp_path / "3-json.png"), full_page=True)
+
+    # \boxed{} as math: KaTeX nodes whose TeX source is the boxed answer.
+    clear()
+    page.locator("#er-answer-format").get_by_text("text", exact=True).click()
+    page.locator("#er-thinking").get_by_text("on", exact=True).click()
+    _set_number(page, "#er-max-tokens", 48)
+    page.get_by_text("Adapters", exact=True).click()
+    page.locator("#er-adapter input").click()
+    page.get_by_role("option", name="student").click()
+    send("What is 12 + 7?")
+    chat.get_by_text("answer tok").first.wait_for(timeout=120_000)
+    chat.get_by_text(THINKING_TITLE).first.click()
+    chat.locator(".katex").first.wait_for(timeout=30_000)
+    tex = chat.locator(".katex annotation").all_text_contents()
+    assert any(t.startswith("\\boxed{") for t in tex), tex
+    assert chat.locator(".katex .boxpad, .katex .fbox").count() >= 1
+    page.screenshot(path=str(tmp_path / "4-boxed.png"), full_page=True)
 
 
 def _set_number(page: object, elem_id: str, value: int) -> None:

@@ -140,7 +140,9 @@ def _controls(h: ChatHandlers) -> list[gr.components.Component]:
             visible=h.supports_lorid,
         )
     with gr.Accordion("Sampling", open=True):
-        c["temperature"] = gr.Slider(0.0, 2.0, value=d.temperature, step=0.05, label="Temperature")
+        c["temperature"] = gr.Slider(
+            0.0, 2.0, value=d.temperature, step=0.05, label="Temperature", elem_id="er-temperature"
+        )
         c["max_tokens"] = gr.Slider(
             16, 8192, value=DEFAULT_MAX_TOKENS, step=16, label="Max tokens", elem_id="er-max-tokens"
         )
