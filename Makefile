@@ -53,13 +53,13 @@ test-fast: setup
 	$(BIN)/pytest -q -m "not slow and not convert"
 
 lint: setup
-	$(BIN)/ruff check edgereason convert app tests
-	$(BIN)/ruff format --check edgereason convert app tests
+	$(BIN)/ruff check edgereason convert tests
+	$(BIN)/ruff format --check edgereason convert tests
 	$(BIN)/mypy edgereason
 
 format: setup
-	$(BIN)/ruff format edgereason convert app tests
-	$(BIN)/ruff check --fix edgereason convert app tests
+	$(BIN)/ruff format edgereason convert tests
+	$(BIN)/ruff check --fix edgereason convert tests
 
 bench: setup
 	$(BIN)/edgereason bench decode
