@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ..errors import EdgeReasonError
@@ -122,6 +123,22 @@ def add_tool_flags(p: argparse.ArgumentParser) -> None:
         "--unsafe-python-tool",
         action="store_true",
         help="run the Python tool with resource limits only where the sandbox's namespaces are unavailable",
+    )
+
+
+def add_function_tool_flags(p: argparse.ArgumentParser) -> None:
+    """OpenAI function tools: the model may call them; the calls are printed (run) or answered by you (chat)."""
+    p.add_argument(
+        "--tools",
+        type=Path,
+        metavar="FILE",
+        help='a JSON file with OpenAI function tools ([{"type": "function", "function": {...}}, ...])',
+    )
+    p.add_argument(
+        "--tool-choice",
+        metavar="auto|required|none|NAME",
+        help="whether the model must call a tool (required), may (auto, the default with --tools), must "
+        "not (none), or must call the function NAME",
     )
 
 

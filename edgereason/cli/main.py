@@ -9,11 +9,19 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .. import __version__
 from ..errors import EdgeReasonError, MissingExtraError
-from .flags import add_adapter_flags, add_generation_flags, add_model_flags, add_tool_flags, apply_env
+from .flags import (
+    add_adapter_flags,
+    add_function_tool_flags,
+    add_generation_flags,
+    add_model_flags,
+    add_tool_flags,
+    apply_env,
+)
 
 if TYPE_CHECKING:
     from ..loading import EngineSpec
@@ -52,11 +60,31 @@ _GEN_FIELDS = (
 
 def generation_fields(args: argparse.Namespace) -> dict[str, Any]:
     fields = {k: getattr(args, k) for k in _GEN_FIELDS if getattr(args, k, None) is not None}
+    fields.update(_function_tools(args))
     name = getattr(args, "use_adapter", None)
     if name is not None:
         scales = {spec.name: spec.scale for spec in _adapter_specs(args)}
         fields["adapters"] = [{"name": name, "scale": scales.get(name, 1.0)}]
     return fields
+
+
+def _function_tools(args: argparse.Namespace) -> dict[str, Any]:
+    """``tools``/``tool_choice`` request fields from --tools FILE and --tool-choice (checked by the engine)."""
+    out: dict[str, Any] = {}
+    path, choice = getattr(args, "tools", None), getattr(args, "tool_choice", None)
+    if path is not None:
+        try:
+            out["tools"] = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise EdgeReasonError(f"cannot read --tools {path}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise EdgeReasonError(f"--tools {path} is not JSON: {exc}") from None
+    if choice is not None:
+        if path is None and choice != "none":
+            raise EdgeReasonError("--tool-choice needs --tools FILE")
+        named = {"type": "function", "function": {"name": choice}}
+        out["tool_choice"] = choice if choice in ("auto", "required", "none") else named
+    return out
 
 
 def _adapter_specs(args: argparse.Namespace) -> list[Any]:
@@ -122,9 +150,15 @@ class _Dim:
 
 
 def stream_to_terminal(stream: Any) -> Any:
+    """Reasoning dimmed on stderr, the answer on stdout; a tool call as one JSON line (OpenAI's shape)."""
     dim = _Dim()
     wrote_reasoning = False
     for chunk in stream:
+        call = getattr(chunk, "call", None)
+        if call is not None:
+            sys.stdout.write(json.dumps(call.to_dict(), ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+            continue
         if chunk.channel == "reasoning":
             dim.write(chunk.text)
             wrote_reasoning = True
@@ -197,7 +231,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     fields = generation_fields(args)
     with load_engine(args) as engine:
-        history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+        history: list[dict[str, Any]] = [{"role": "system", "content": args.system}] if args.system else []
         sys.stderr.write(
             f"chatting with {engine.name} ({engine.reasoning_format.value}); /reset clears, /exit quits\n"
         )
@@ -214,13 +248,31 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if not line.strip():
                 continue
             history.append({"role": "user", "content": line})
-            try:
-                res = stream_to_terminal(engine.stream(history, **fields))
-            except KeyboardInterrupt:
-                history.pop()
-                sys.stderr.write("\n(interrupted)\n")
-                continue
-            history.append({"role": "assistant", "content": res.content})
+            while True:  # until a reply without tool calls: you answer each call, the model goes on
+                try:
+                    res = stream_to_terminal(engine.stream(history, **fields))
+                except KeyboardInterrupt:
+                    history.pop()
+                    sys.stderr.write("\n(interrupted)\n")
+                    break
+                calls = res.tool_calls
+                history.append(
+                    {
+                        "role": "assistant",
+                        "content": res.content or None,
+                        "tool_calls": [c.to_dict() for c in calls],
+                    }
+                    if calls
+                    else {"role": "assistant", "content": res.content}
+                )
+                if not calls:
+                    break
+                try:
+                    for c in calls:
+                        result = input(f"result of {c.name}({c.arguments})> ")
+                        history.append({"role": "tool", "tool_call_id": c.id, "content": result})
+                except EOFError:
+                    return 0
     return 0
 
 
@@ -296,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_adapter_flags(run)
     add_generation_flags(run)
     add_tool_flags(run)
+    add_function_tool_flags(run)
     run.set_defaults(func=cmd_run)
 
     chat = sub.add_parser("chat", help="interactive terminal chat keeping history")
@@ -304,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_adapter_flags(chat)
     add_generation_flags(chat)
     add_tool_flags(chat)
+    add_function_tool_flags(chat)
     chat.set_defaults(func=cmd_chat)
 
     models = sub.add_parser("models", help="list the models EdgeReason can find")
