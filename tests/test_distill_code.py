@@ -5,6 +5,7 @@ loads and runs with the built-in tool."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from edgereason.convert.distill_code import (
     training_problems,
 )
 from edgereason.evaldata import arith_problems, split_of
-from edgereason.models import CODE_STUDENT_DIR, embedded_model_path
+from edgereason.models import CODE_STUDENT_DIR, STUDENT_DIR, embedded_model_path, preset_for
 from edgereason.tools.builtin import CodeWatcher, output_text
 
 pytestmark = pytest.mark.convert
@@ -114,7 +115,7 @@ def test_loss_counts_only_the_unmasked_target_tokens() -> None:
         def get_base_model(self):  # noqa: ANN201
             return self
 
-    model = Fake()
+    model = Fake().requires_grad_(False)
     prompt, target = [1, 2, 3], [4, 5, 6, 7, 8, 9]
     mask = [1, 1, 0, 0, 1, 1]  # tokens 6 and 7 are the tool's output
     seq = prompt + target
@@ -159,14 +160,31 @@ def test_smoke_run_trains_an_adapter_that_loads_and_runs_the_tool(tmp_path: Path
         assert res.choices[0].finish_reason in ("stop", "length")
 
 
-def test_shipped_code_student_answers_the_demo_with_the_tool() -> None:
+def test_student_is_the_code_student_and_the_cot_one_stays_available() -> None:
     if not (CODE_STUDENT_DIR / "student.gguf").is_file():
         pytest.skip("the code student is not trained into the package (make student-code)")
-    with er.load("student-code", n_ctx=1024, max_sequences=1) as engine:
+    code, cot = preset_for("student"), preset_for("student-cot")
+    assert code is not None and cot is not None and preset_for("student-code") is not None
+    assert code.adapters["student"] == CODE_STUDENT_DIR / "student.gguf" and code.default_adapter == "student"
+    assert {"ir", "kg", "dr"} <= set(code.adapters)  # LoRID's roles come along
+    assert cot.adapters["student"] == STUDENT_DIR / "student.gguf"
+    path = CODE_STUDENT_DIR / "student.gguf"
+    assert path.stat().st_size <= 2 * 1024 * 1024
+    manifest = json.loads((CODE_STUDENT_DIR / "manifest.json").read_text())
+    assert manifest["recipe"] == "edgereason.convert.distill_code"
+    assert manifest["adapters"]["student"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert manifest["accuracy"]["dev_code_student_greedy_tool"]["accuracy"] >= 0.85  # measured 0.94
+
+
+def test_shipped_student_answers_the_demo_with_the_tool() -> None:
+    if not (CODE_STUDENT_DIR / "student.gguf").is_file():
+        pytest.skip("the code student is not trained into the package (make student-code)")
+    with er.load("student", n_ctx=1024, max_sequences=1) as engine:
         res = engine.chat(
             [{"role": "user", "content": DEMO}], builtin_tools=["python"], temperature=0, max_tokens=200
         )
     choice = res.choices[0]
-    assert res.usage.tool_calls >= 1, choice.reasoning
-    assert "<output>\n19\n</output>" in choice.reasoning + choice.content
-    assert choice.answer == "19", (choice.reasoning, choice.content)
+    assert res.usage.tool_calls == 1, choice.reasoning
+    assert choice.reasoning.startswith("```python\ncows = 12\n")  # the trace, in the thinking channel
+    assert "<output>\n19\n</output>" in choice.reasoning
+    assert choice.content == "The answer is \\boxed{19}." and choice.answer == "19"

@@ -1,4 +1,5 @@
-"""The packaged demo student: the embedded base plus its distilled LoRA adapter, applied by default."""
+"""The packaged chain-of-thought student ("student-cot"; "student" is the code student since issue 23, see
+test_distill_code.py): the embedded base plus its distilled LoRA adapter, applied by default."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ import pytest
 
 import edgereason as er
 from edgereason.errors import InvalidRequestError
-from edgereason.models import STUDENT_DIR, embedded_model_path, list_models, student_preset
+from edgereason.models import STUDENT_DIR, embedded_model_path, list_models
+from edgereason.models import cot_student_preset as student_preset
 
 QUESTION = "Tom has 12 apples. He buys 7 more, then gives away 5. How many apples does Tom have now?"
 
 
 @pytest.fixture(scope="module")
 def student():
-    with er.load("student", n_ctx=1024, max_sequences=4) as engine:
+    with er.load("student-cot", n_ctx=1024, max_sequences=4) as engine:
         yield engine
 
 
@@ -39,7 +41,7 @@ def test_preset_files_are_small_and_described() -> None:
 
 
 def test_student_thinks_and_boxes_its_answer(student) -> None:
-    assert student.name == "student" and student.default_adapters == (("student", 1.0),)
+    assert student.name == "student-cot" and student.default_adapters == (("student", 1.0),)
     res = student.chat([{"role": "user", "content": QUESTION}], max_tokens=256, temperature=0)
     choice = res.choices[0]
     assert choice.reasoning.startswith("Start with")  # the distilled trace format, routed to reasoning
@@ -74,4 +76,4 @@ def test_student_adapter_cannot_be_unloaded(student) -> None:
 
 
 def test_models_lists_the_student() -> None:
-    assert "student" in [entry.name for entry in list_models()]
+    assert {"student", "student-cot"} <= {entry.name for entry in list_models()}
