@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import edgereason as er
+from edgereason.backends.base import Capabilities
 from edgereason.errors import InvalidRequestError
 from edgereason.eval import (
     EvalSettings,
@@ -352,10 +353,15 @@ class _ClockedEngine:
     """Answers each question after ``delay`` seconds (a stand-in whose only job is to take time)."""
 
     parallel = 1
+    max_queue = 1
+    capabilities = Capabilities(max_sequences=1, n_ctx=1024, n_batch=512)
     adapter_names: list[str] = []
 
     def __init__(self, delay: float) -> None:
         self.delay = delay
+
+    def sequences_per_request(self, messages: Any, options: Any) -> int:
+        return 1
 
     def chat(self, messages: Any, **fields: Any) -> ChatResult:
         time.sleep(self.delay)
