@@ -12,19 +12,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-ADD = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "description": "Add two integers.",
-        "parameters": {
-            "type": "object",
-            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-            "required": ["a", "b"],
-            "additionalProperties": False,
-        },
-    },
-}
+from .test_tool_calling import ADD
+
 QUESTION = "What is 2 + 3? Use a tool."
 FLAGS = ("--max-tokens", "48", "--temp", "0", "-t", "1", "-c", "1024", "-np", "1")
 
