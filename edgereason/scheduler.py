@@ -448,8 +448,12 @@ class Scheduler:
         # many sequences share calls of at most ``mixed_batch_tokens`` (see Capabilities). While other
         # sequences stream, a prompt advances one chunk of ``prefill_chunk`` tokens per step (chunked
         # prefill: no prompt freezes the streams); alone, it is decoded in calls of ``n_batch``.
-        streaming = any(s.status is Status.ACTIVE and len(s.pending) == 1 for s in group)
+        # Only other jobs' streams count: the chunk is sized by measured call times, and a request alone
+        # (its own samples re-prefilled beside its first, on backends that cannot fork) must decode in
+        # the same calls every time, so a seeded request gives the same samples in the same order.
+        streams = [s.owner for s in group if s.status is Status.ACTIVE and len(s.pending) == 1]
         for seq in [s for s in group if len(s.pending) > 1]:
+            streaming = any(o is None or o is not seq.owner for o in streams)
             while seq.live and seq.status is Status.ACTIVE and len(seq.pending) > 1:
                 limit = self._prefill_limit() if streaming else self.caps.n_batch
                 take = _chunk(len(seq.pending), limit, self.caps.n_batch)

@@ -77,7 +77,7 @@ def check_self_consistency(engine: er.Engine) -> None:
     a = engine.chat(QUESTION, max_tokens=8, seed=11, self_consistency=4)
     b = engine.chat(QUESTION, max_tokens=8, seed=11, self_consistency=4)
     ra, rb = a.extra["self_consistency"], b.extra["self_consistency"]
-    assert ra == rb and a.content == b.content
+    assert ra == rb and a.content == b.content, (a.content, b.content, ra, rb)
     assert ra["samples_used"] == 4
     assert {s["index"] for s in ra["samples"]} == {0, 1, 2, 3}
     assert all(s["tokens"] > 0 for s in ra["samples"])
