@@ -271,6 +271,22 @@ def test_summarize_records() -> None:
     assert e["mean_reasoning_tokens"] == 40.0 and e["abstained"] == 0
 
 
+def test_tool_cost_is_summarised_and_tabled() -> None:
+    # Two items ran the tool (2 and 1 runs, 0.3 s in all) within 2.0 s of request time; one did not.
+    recs = [
+        _rec("greedy", 0, True, tool_calls=2, tool_wall_s=0.2, wall_s=1.0),
+        _rec("greedy", 1, True, tool_calls=1, tool_wall_s=0.1, wall_s=1.0),
+        _rec("greedy", 2, False, wall_s=1.0),
+    ]
+    s = summarize_records(recs)
+    assert s["tool_calls_per_item"] == 1.0 and s["tool_s_per_call"] == 0.1
+    assert s["tool_share_of_item_time"] == 0.1
+    assert summarize_records(_runs()[0].records)["tool_calls_per_item"] == 0.0
+    table = markdown_table({"strategies": {"greedy": s}})
+    assert "Built-in tool: greedy 1.00 runs per problem, 100 ms per run, 10.0% of request time." in table
+    assert "Built-in tool" not in markdown_table({"strategies": {"greedy": summarize_records(recs[2:])}})
+
+
 def test_summary_files_round_trip_and_compare(tmp_path: Path) -> None:
     runs = _runs()
     summary = summarize(runs, {"model": "m"})

@@ -51,6 +51,8 @@ class ItemRecord:
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     probe_tokens: int = 0
+    tool_calls: int = 0  # built-in tool runs (--tool python) over every generation of the item
+    tool_wall_s: float = 0.0  # their wall time, part of wall_s
 
     @property
     def tokens(self) -> int:
@@ -132,6 +134,8 @@ def _record(spec: StrategySpec, item: EvalItem, res: ChatResult, wall: float) ->
         finish_reason=choice.finish_reason,
         difficulty=item.difficulty,
         extra=extra,
+        tool_calls=res.usage.tool_calls,
+        tool_wall_s=round(res.usage.tool_wall_s, 4),
     )
 
 

@@ -116,6 +116,9 @@ def summarize_records(records: Sequence[ItemRecord], wall_s: float | None = None
     k = sum(r.correct for r in records)
     ok = [r for r in records if r.error is None]
     lo, hi = wilson_interval(k, n)
+    calls = sum(r.tool_calls for r in ok)
+    tool_s = sum(r.tool_wall_s for r in ok)
+    item_s = sum(r.wall_s for r in ok)
     by_difficulty: dict[str, dict[str, Any]] = {}
     for level in sorted({r.difficulty for r in records if r.difficulty is not None}):
         group = [r for r in records if r.difficulty == level]
@@ -137,6 +140,11 @@ def summarize_records(records: Sequence[ItemRecord], wall_s: float | None = None
         "abstained": sum(r.answer is None and r.error is None for r in records),
         "stopped_by": dict(Counter(str(r.thinking_stopped_by) for r in ok)),
         "by_difficulty": by_difficulty,
+        # The built-in tool's cost: runs per item, mean wall time per run, and its share of the items'
+        # own request time (tool runs happen inside the request; concurrent items overlap in wall_s).
+        "tool_calls_per_item": _mean([r.tool_calls for r in ok]),
+        "tool_s_per_call": round(tool_s / calls, 4) if calls else 0.0,
+        "tool_share_of_item_time": round(tool_s / item_s, 4) if calls and item_s > 0 else 0.0,
     }
 
 
@@ -271,6 +279,18 @@ def markdown_table(summary: dict[str, Any]) -> str:
             f"{row['mean_tokens']:.1f} | {row['mean_reasoning_tokens']:.1f} | "
             f"{row.get('mean_probe_tokens', 0.0):.1f} | {row['mean_samples']:.2f} | "
             f"{row['wall_s']:.0f} | " + " | ".join(_paired_cells(row.get("vs_baseline"))) + " |"
+        )
+    tooled = {label: row for label, row in rows.items() if row.get("tool_calls_per_item")}
+    if tooled:
+        lines.append("")
+        lines.append(
+            "Built-in tool: "
+            + "; ".join(
+                f"{label} {row['tool_calls_per_item']:.2f} runs per problem, {1000 * row['tool_s_per_call']:.0f} ms "
+                f"per run, {100 * row['tool_share_of_item_time']:.1f}% of request time"
+                for label, row in tooled.items()
+            )
+            + "."
         )
     if meta:
         where = f"{meta.get('data')}" + (f" ({meta['split']} split)" if meta.get("split") else "")
