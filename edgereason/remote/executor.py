@@ -7,29 +7,22 @@ reports, LoRID prompts) so a remote result carries the same reports as a local o
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from ..answers import answer_key
 from ..chat.reasoning import CLOSE_TAG, ChannelSplitter, PromptPlan, State
 from ..errors import InvalidRequestError
 from ..options import GenerationOptions, LoridOptions
-from ..result import ChatResult, Choice, Chunk, FinishReason, Usage
+from ..result import ChatResult, Chunk, FinishReason, Usage
 from ..signals import final_answer
 from ..strategies.budget import CLOSE_TEXT
 from ..strategies.generate import StopMatcher
-from ..strategies.lorid import role_text
-from ..strategies.self_consistency import (
-    DEFAULT_CONFIDENCE_TOP_K,
-    DEFAULT_CONFIDENCE_WINDOW,
-    MISMATCH_WEIGHT,
-    SampleReport,
-)
-from ..strategies.voting import Vote, make_stopping_rule, tally, token_confidence, trace_confidence
+from ..strategies.lorid import LoridLoop, Role, output_text
+from ..strategies.self_consistency import DEFAULT_CONFIDENCE_TOP_K, SampleReport, vote
+from ..strategies.voting import make_stopping_rule, token_confidence
 from .http import RemoteOutput, completion_logprobs, finish_reason, llama_server_tokens
 
 if TYPE_CHECKING:
@@ -240,7 +233,7 @@ def self_consistency(
         if rule.should_stop([r.answer for r in finished], sc.samples) and len(finished) < sc.samples:
             stop_rule = rule.name
             break
-    return _vote(eng, job, finished, stop_rule, rule.name, opts, prompt_tokens)
+    return _vote(eng, job, finished, stop_rule, rule.name, opts, prompt_tokens, size)
 
 
 def _samples(
@@ -294,21 +287,8 @@ def _sample_report(index: int, out: RemoteOutput, opts: GenerationOptions) -> Sa
     assert sc is not None
     choice = out.to_choice(index, opts, sc.answer_format)
     found = final_answer(choice.content, choice.reasoning, sc.answer_format)
-    mismatch = choice.extra["think_answer_mismatch"]
-    key = answer_key(found) if found is not None else None
-    if mismatch is True and sc.mismatch == "drop":
-        key = None
     confs = [token_confidence([v for _, v in e.top]) for e in out.logprobs if e.top]
-    return SampleReport(
-        index=index,
-        answer=key,
-        tokens=out.completion_tokens,
-        confidence=trace_confidence(confs, DEFAULT_CONFIDENCE_WINDOW),
-        finish_reason=choice.finish_reason,
-        answer_confidence=choice.extra["answer_confidence"],
-        think_answer_mismatch=mismatch,
-        choice=choice,
-    )
+    return SampleReport.of(index, choice, found, confs, sc)
 
 
 def _vote(
@@ -319,40 +299,11 @@ def _vote(
     rule: str,
     opts: GenerationOptions,
     prompt_tokens: int,
+    parallel: int,
 ) -> ChatResult:
-    """The same vote and report as SelfConsistencyJob (samples of a round finish together here)."""
-    sc = opts.self_consistency
-    assert sc is not None
-    weighted = sc.strategy == "weighted" or sc.mismatch == "downweight"
-    votes = []
-    for r in finished:
-        weight = r.confidence if sc.strategy == "weighted" else 1.0
-        if r.think_answer_mismatch is True and sc.mismatch == "downweight":
-            weight *= MISMATCH_WEIGHT
-        votes.append(Vote(answer=r.answer, weight=weight, confidence=r.confidence, index=r.index))
-    result = tally(votes, "weighted" if weighted else "majority")
-    pool = [r for r in finished if r.answer == result.winner] if result.winner is not None else finished
-    best = min(pool, key=lambda r: (-r.confidence, r.index)).choice if pool else None
-    if best is None:
-        reason: FinishReason = "length" if opts.max_tokens == 0 else "cancelled"
-        choice = Choice(
-            0, "", "", reason, 0, 0, extra={"answer_confidence": None, "think_answer_mismatch": None}
-        )
-    else:
-        choice = dataclasses.replace(best, index=0)
-        choice.answer = result.winner if result.winner is not None else choice.answer
-    report = {
-        "answer": result.winner,
-        "votes": {a: (int(v) if not weighted else round(v, 4)) for a, v in result.votes.items()},
-        "samples_used": len(finished),
-        "samples_requested": sc.samples,
-        "samples_cancelled": 0,
-        "confidence": result.share,
-        "stopped_early": stop_rule is not None,
-        "stop_rule": stop_rule or rule,
-        "strategy": sc.strategy,
-        "samples": [r.to_dict() for r in finished],
-    }
+    """The local job's vote and report (strategies/self_consistency.vote); a round's samples finish
+    together here, so none is ever cancelled unfinished."""
+    choice, report = vote(finished, opts, stop_rule=stop_rule, rule=rule, cancelled=0, parallel=parallel)
     if choice.reasoning:
         job.emit(Chunk("reasoning", choice.reasoning))
     if choice.content:
@@ -363,17 +314,15 @@ def _vote(
 
 # -- LoRID ---------------------------------------------------------------------------------------------------
 def lorid(eng: RemoteEngine, job: RemoteJob, question: str, opts: GenerationOptions) -> ChatResult:
-    """The LoRID loop of strategies/lorid.py with each role a request to ``model=<its adapter>``."""
+    """The LoRID loop (strategies/lorid.LoridLoop decides) with each role a request to ``model=<its adapter>``."""
     lorid = opts.lorid or LoridOptions()
     if opts.adapter_set:
         raise InvalidRequestError("LoRID picks adapters by role; drop adapter/adapters", param="adapters")
     eng.require_adapters(list(lorid.roles.values()))
-    shown: dict[str, str] = {}
-    iters: list[dict[str, Any]] = []
+    loop = LoridLoop(question, lorid)
     outs: list[RemoteOutput] = []
 
-    def run(role: str, text: str, it: int) -> RemoteOutput:
-        offset = 3 * it + ("ir", "kg", "dr").index(role)
+    def run(role: Role, text: str, offset: int) -> RemoteOutput:
         role_opts = opts.model_copy(update={"strategy": None, "lorid": None})
         msgs = [{"role": "user", "content": text}]
         if eng.raw_budget(role_opts):
@@ -388,95 +337,25 @@ def lorid(eng: RemoteEngine, job: RemoteJob, question: str, opts: GenerationOpti
                 top_p=lorid.top_p,
             )
         body = eng.body(
-            role_opts,
-            lorid.roles[role],
-            seed_offset=offset,
-            temperature=lorid.temperature,
-            top_p=lorid.top_p,
+            role_opts, lorid.roles[role], seed_offset=offset, temperature=lorid.temperature, top_p=lorid.top_p
         )
         body.update(messages=msgs, n=1, **eng.thinking_fields(role_opts))
         got, prompt_tokens = eng.chat_once(body, 1)
         got[0].prompt_tokens = prompt_tokens
         return got[0]
 
-    def answer(out: RemoteOutput) -> str | None:
-        found = final_answer("".join(out.content), "".join(out.reasoning), lorid.answer_format)
-        if found is None:
-            return None
-        shown.setdefault(answer_key(found), found.normalized)
-        return answer_key(found)
-
-    pick, agreed = None, False
+    settled: tuple[str | None, bool] | None = None
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for it in range(lorid.max_iterations):
-            if job.cancel_requested.is_set():
-                break
-            ir_f = pool.submit(run, "ir", role_text("ir", lorid.prompts["ir"], question), it)
-            kg = run("kg", role_text("kg", lorid.prompts["kg"], question), it)
-            knowledge = "".join(kg.content) if "".join(kg.content).strip() else "".join(kg.reasoning)
-            dr = run("dr", role_text("dr", lorid.prompts["dr"], question, knowledge), it)
+        while settled is None and not job.cancel_requested.is_set():
+            ir_text, kg_text = loop.next_round()
+            ir_f = pool.submit(run, "ir", ir_text, loop.seed_offset("ir"))
+            kg = run("kg", kg_text, loop.seed_offset("kg"))
+            knowledge = output_text(kg.to_choice(0, opts))
+            loop.rounds[-1].knowledge = knowledge
+            dr = run("dr", loop.text("dr", knowledge), loop.seed_offset("dr"))
             ir = ir_f.result()
             outs += [ir, kg, dr]
-            iters.append(
-                {
-                    "ir": ir,
-                    "dr": dr,
-                    "ir_answer": answer(ir),
-                    "dr_answer": answer(dr),
-                    "knowledge": knowledge,
-                }
-            )
-            common = {i["ir_answer"] for i in iters} & {i["dr_answer"] for i in iters} - {None}
-            if common:
-                last = iters[-1]
-                pick = next((a for a in (last["dr_answer"], last["ir_answer"]) if a in common), min(common))
-                agreed = True
-                break
-    if not agreed:
-        counts: dict[str, int] = {}
-        for i in iters:
-            for a in (i["ir_answer"], i["dr_answer"]):
-                if a is not None:
-                    counts[a] = counts.get(a, 0) + 1
-        pick = max(counts, key=lambda a: counts[a]) if counts else None
-    return _lorid_result(eng, iters, outs, pick, agreed, shown)
-
-
-def _lorid_result(
-    eng: RemoteEngine,
-    iters: list[dict[str, Any]],
-    outs: list[RemoteOutput],
-    pick: str | None,
-    agreed: bool,
-    shown: dict[str, str],
-) -> ChatResult:
-    source: RemoteOutput | None = None
-    knowledge = ""
-    for it in reversed(iters):
-        if pick is not None and it["dr_answer"] == pick:
-            source, knowledge = it["dr"], it["knowledge"]
-        elif pick is not None and it["ir_answer"] == pick:
-            source = it["ir"]
-        if source is not None:
-            break
-    if source is None and iters:
-        source, knowledge = iters[-1]["dr"], iters[-1]["knowledge"]
-    choice = Choice(
-        index=0,
-        content="".join(source.content) if source else "",
-        reasoning="".join(source.reasoning) if source else "",
-        finish_reason=source.finish_reason if source else "cancelled",
-        completion_tokens=sum(o.completion_tokens for o in outs),
-        reasoning_tokens=sum(o.reasoning_tokens for o in outs),
-        answer=shown.get(pick) if pick is not None else None,
-    )
-    report = {
-        "iterations": len(iters),
-        "ir_answers": [shown.get(i["ir_answer"]) if i["ir_answer"] else None for i in iters],
-        "dr_answers": [shown.get(i["dr_answer"]) if i["dr_answer"] else None for i in iters],
-        "agreed": agreed,
-        "answer": choice.answer,
-        "knowledge": knowledge,
-    }
-    usage = Usage(sum(o.prompt_tokens for o in outs), choice.completion_tokens, choice.reasoning_tokens)
-    return ChatResult(choices=[choice], usage=usage, model=eng.name, extra={"lorid": report})
+            settled = loop.settle(ir.to_choice(0, opts), dr.to_choice(0, opts))
+    key, agreed = settled if settled is not None else (None, False)
+    usage = Usage(prompt_tokens=sum(o.prompt_tokens for o in outs))
+    return loop.result(key, agreed, [o.to_choice(0, opts) for o in outs], usage, eng.name)

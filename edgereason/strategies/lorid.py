@@ -11,9 +11,10 @@ same time; the scheduler decodes each group under its own adapters, the groups t
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..answers import answer_key
@@ -39,16 +40,120 @@ def role_text(role: Role, instruction: str, question: str, knowledge: str = "") 
     return f"{instruction}\n\nQuestion: {question}"
 
 
+def output_text(choice: Choice) -> str:
+    """What a role wrote: its answer channel, else its reasoning (a student that only thinks)."""
+    return choice.content if choice.content.strip() else choice.reasoning
+
+
 @dataclass
-class Iteration:
-    ir: ChoiceDecoder | None = None
-    kg: ChoiceDecoder | None = None
-    dr: ChoiceDecoder | None = None
+class Round:
+    """One iteration as the loop sees it: IR's and DR's finished choices, their answers, DR's knowledge."""
+
+    ir: Choice | None = None
+    dr: Choice | None = None
     ir_answer: str | None = None
     dr_answer: str | None = None
     knowledge: str = ""  # what DR was given (KG's output, cut to fit when ``knowledge_truncated``)
     knowledge_truncated: bool = False
-    shown: dict[str, str] = field(default_factory=dict)  # answer key -> normalised text
+
+
+class LoridLoop:
+    """LoRID's decisions, without an engine: what each role is asked, when the loop stops, which answer
+    and output it returns, and the report. The local job (sequences on the scheduler) and the remote
+    executor (requests with ``model=<adapter>``) run the roles and hand their finished choices here."""
+
+    def __init__(self, question: str, lorid: LoridOptions) -> None:
+        self.question, self.lorid = question, lorid
+        self.rounds: list[Round] = []
+        self.shown: dict[str, str] = {}  # answer key -> its normalised text, first seen
+
+    def next_round(self) -> tuple[str, str]:
+        """Open an iteration: IR's and KG's user turns."""
+        self.rounds.append(Round())
+        return self.text("ir"), self.text("kg")
+
+    def text(self, role: Role, knowledge: str = "") -> str:
+        return role_text(role, self.lorid.prompts[role], self.question, knowledge)
+
+    def seed_offset(self, role: Role) -> int:
+        """Each role of each iteration samples with its own seed."""
+        return 3 * (len(self.rounds) - 1) + ("ir", "kg", "dr").index(role)
+
+    def answer(self, choice: Choice) -> str | None:
+        found = final_answer(choice.content, choice.reasoning, self.lorid.answer_format)
+        if found is None:
+            return None
+        key = answer_key(found)
+        self.shown.setdefault(key, found.normalized)
+        return key
+
+    def settle(self, ir: Choice, dr: Choice) -> tuple[str | None, bool] | None:
+        """IR and DR of the current iteration finished: ``(answer key, agreed)`` when the loop is over (the
+        sets of IR and DR answers intersect, or the iterations are spent: the majority), else None."""
+        it = self.rounds[-1]
+        it.ir, it.dr = ir, dr
+        it.ir_answer, it.dr_answer = self.answer(ir), self.answer(dr)
+        ir_set = {a for r in self.rounds if (a := r.ir_answer) is not None}
+        dr_set = {a for r in self.rounds if (a := r.dr_answer) is not None}
+        common = ir_set & dr_set
+        if common:
+            # Prefer an answer this iteration produced (it caused the agreement).
+            return next((a for a in (it.dr_answer, it.ir_answer) if a in common), min(common)), True
+        if len(self.rounds) >= self.lorid.max_iterations:
+            votes = Counter(a for r in self.rounds for a in (r.ir_answer, r.dr_answer) if a is not None)
+            return (votes.most_common(1)[0][0] if votes else None), False
+        return None
+
+    def result(
+        self, key: str | None, agreed: bool, outputs: list[Choice], usage: Usage, model: str
+    ) -> ChatResult:
+        """The loop's result: DR's (else IR's) output from the latest iteration that gave ``key``; token
+        counts over ``outputs`` (every role output, KG's included); the ``lorid`` report."""
+        source: Choice | None = None
+        knowledge = ""
+        for it in reversed(self.rounds):
+            if key is not None and it.dr_answer == key:
+                source, knowledge = it.dr, it.knowledge
+            elif key is not None and it.ir_answer == key:
+                source = it.ir
+            if source is not None:
+                break
+        if source is None and self.rounds:
+            last = self.rounds[-1]
+            source, knowledge = last.dr or last.ir, last.knowledge
+        answer = self.shown.get(key) if key is not None else None
+        choice = Choice(
+            index=0,
+            content=source.content if source else "",
+            reasoning=source.reasoning if source else "",
+            finish_reason=source.finish_reason if source else "cancelled",
+            completion_tokens=sum(c.completion_tokens for c in outputs),
+            reasoning_tokens=sum(c.reasoning_tokens for c in outputs),
+            answer=answer,
+        )
+        report: dict[str, Any] = {
+            "iterations": len(self.rounds),
+            "ir_answers": [self.shown.get(r.ir_answer) if r.ir_answer else None for r in self.rounds],
+            "dr_answers": [self.shown.get(r.dr_answer) if r.dr_answer else None for r in self.rounds],
+            "agreed": agreed,
+            "answer": answer,
+            "knowledge": knowledge,
+        }
+        if any(r.knowledge_truncated for r in self.rounds):
+            report["knowledge_truncated"] = True  # DR got less than KG wrote
+        usage = dataclasses.replace(
+            usage, completion_tokens=choice.completion_tokens, reasoning_tokens=choice.reasoning_tokens
+        )
+        return ChatResult(choices=[choice], usage=usage, model=model, extra={"lorid": report})
+
+
+@dataclass
+class Iteration:
+    """The local job's sequences of one iteration (the loop's Round holds their finished choices)."""
+
+    ir: ChoiceDecoder | None = None
+    kg: ChoiceDecoder | None = None
+    dr: ChoiceDecoder | None = None
 
 
 class _RoleDecoder(ChoiceDecoder):
@@ -82,10 +187,10 @@ class LoridJob(Job):
         )
         self.adapters_used = frozenset(lorid.roles.values())
         self.slots_needed = 4 if opts.effective_thinking_budget == "auto" else 2
+        self.loop = LoridLoop(question, lorid)
         self.iterations: list[Iteration] = []
         self.prompt_tokens = 0
         self.cached_tokens = 0
-        self.shown: dict[str, str] = {}  # answer key -> its normalised text, first seen
 
     # -- engine thread -------------------------------------------------------------------------------
     def start(self, sched: Scheduler) -> None:
@@ -95,18 +200,16 @@ class LoridJob(Job):
     def _next_iteration(self) -> None:
         it = Iteration()
         self.iterations.append(it)
-        it.ir = self._spawn(
-            "ir", self.make_prompt("ir", role_text("ir", self.lorid.prompts["ir"], self.question))
-        )
-        it.kg = self._spawn(
-            "kg", self.make_prompt("kg", role_text("kg", self.lorid.prompts["kg"], self.question))
-        )
+        ir_text, kg_text = self.loop.next_round()
+        it.ir = self._spawn("ir", self.make_prompt("ir", ir_text))
+        it.kg = self._spawn("kg", self.make_prompt("kg", kg_text))
 
     def _spawn(self, role: Role, prompt: PreparedPrompt) -> ChoiceDecoder:
         self.prompt_tokens += len(prompt.tokens)
         d = _RoleDecoder(self, self.sched, prompt, self.opts, index=0, stream=False)
-        offset = 3 * (len(self.iterations) - 1) + ("ir", "kg", "dr").index(role)
-        sampling = sampling_for(self.opts, offset, temperature=self.lorid.temperature, top_p=self.lorid.top_p)
+        sampling = sampling_for(
+            self.opts, self.loop.seed_offset(role), temperature=self.lorid.temperature, top_p=self.lorid.top_p
+        )
         adapters = ((self.lorid.roles[role], 1.0),)
         seq = self.sched.spawn(
             d, prompt.tokens, sampling, adapters=adapters, owner=self, reuse=self.opts.cache_prompt
@@ -115,7 +218,7 @@ class LoridJob(Job):
         d.attach(seq)
         return d
 
-    def _dr_prompt(self, it: Iteration) -> PreparedPrompt:
+    def _dr_prompt(self, it: Round) -> PreparedPrompt:
         """DR's prompt with as much of KG's knowledge as leaves DR room to answer (see the module docs)."""
         n_ctx = self.sched.caps.n_ctx
         limit = n_ctx - min(self.opts.max_tokens if self.opts.max_tokens is not None else n_ctx, n_ctx // 4)
@@ -123,7 +226,7 @@ class LoridJob(Job):
         tokens = backend.tokenize(it.knowledge) if it.knowledge else []
         keep = len(tokens)
         for _ in range(32):
-            text = role_text("dr", self.lorid.prompts["dr"], self.question, it.knowledge)
+            text = self.loop.text("dr", it.knowledge)
             try:
                 prompt = self.make_prompt("dr", text)
             except ContextOverflowError as exc:
@@ -137,40 +240,23 @@ class LoridJob(Job):
                 keep = max(0, keep - over)
             it.knowledge = backend.detokenize(tokens[:keep])
             it.knowledge_truncated = True
-        return self.make_prompt("dr", role_text("dr", self.lorid.prompts["dr"], self.question, ""))
+        return self.make_prompt("dr", self.loop.text("dr"))
 
     def on_choice_done(self, decoder: ChoiceDecoder) -> None:
         if self.done:
             return
-        it = self.iterations[-1]
+        it, round_ = self.iterations[-1], self.loop.rounds[-1]
         if decoder is it.kg:
-            it.knowledge = _output_text(decoder)
-            it.dr = self._spawn("dr", self._dr_prompt(it))
+            round_.knowledge = output_text(decoder.to_choice())
+            it.dr = self._spawn("dr", self._dr_prompt(round_))
             return
         if it.ir is None or it.dr is None or not (it.ir.finished and it.dr.finished):
             return
-        it.ir_answer = self._answer(it.ir)
-        it.dr_answer = self._answer(it.dr)
-        ir_set = {a for i in self.iterations if (a := i.ir_answer) is not None}
-        dr_set = {a for i in self.iterations if (a := i.dr_answer) is not None}
-        common = ir_set & dr_set
-        if common:
-            # Prefer an answer this iteration produced (it caused the agreement).
-            pick = next((a for a in (it.dr_answer, it.ir_answer) if a in common), min(common))
-            self._finish(pick, agreed=True)
-        elif len(self.iterations) >= self.lorid.max_iterations:
-            votes = Counter(a for i in self.iterations for a in (i.ir_answer, i.dr_answer) if a is not None)
-            self._finish(votes.most_common(1)[0][0] if votes else None, agreed=False)
-        else:
+        settled = self.loop.settle(it.ir.to_choice(), it.dr.to_choice())
+        if settled is None:
             self._next_iteration()
-
-    def _answer(self, d: ChoiceDecoder) -> str | None:
-        found = final_answer("".join(d.content), "".join(d.reasoning), self.lorid.answer_format)
-        if found is None:
-            return None
-        key = answer_key(found)
-        self.shown.setdefault(key, found.normalized)
-        return key
+        else:
+            self._finish(*settled)
 
     def on_token(self, *args: Any) -> None:  # pragma: no cover - decoders own the sequences
         pass
@@ -187,62 +273,22 @@ class LoridJob(Job):
                 if d is not None and d.seq is not None and d.seq.live:
                     d._finalize(d.seq, "cancelled")
                     sched.finish(d.seq)
-        self._finish(None, agreed=False)
+        self._finish(None, False)
 
-    def _finish(self, key: str | None, *, agreed: bool) -> None:
+    def _finish(self, key: str | None, agreed: bool) -> None:
         if self.done:
             return
-        # The reported output: DR's (else IR's) text from the latest iteration that gave this answer.
-        source: ChoiceDecoder | None = None
-        knowledge = ""
-        for it in reversed(self.iterations):
-            if key is not None and it.dr_answer == key:
-                source, knowledge = it.dr, it.knowledge
-            elif key is not None and it.ir_answer == key:
-                source = it.ir
-            if source is not None:
-                break
-        if source is None and self.iterations:
-            last = self.iterations[-1]
-            source = last.dr or last.ir
-            knowledge = last.knowledge
-        answer = self.shown.get(key) if key is not None else None
         decoders = [d for it in self.iterations for d in (it.ir, it.kg, it.dr) if d is not None]
-        base = source.to_choice() if source is not None else None
-        choice = Choice(
-            index=0,
-            content=base.content if base else "",
-            reasoning=base.reasoning if base else "",
-            finish_reason=base.finish_reason if base else "cancelled",
-            completion_tokens=sum(d.completion_tokens for d in decoders),
-            reasoning_tokens=sum(d.reasoning_tokens for d in decoders),
-            answer=answer,
-        )
-        report = {
-            "iterations": len(self.iterations),
-            "ir_answers": [self.shown.get(i.ir_answer) if i.ir_answer else None for i in self.iterations],
-            "dr_answers": [self.shown.get(i.dr_answer) if i.dr_answer else None for i in self.iterations],
-            "agreed": agreed,
-            "answer": answer,
-            "knowledge": knowledge,
-        }
-        if any(i.knowledge_truncated for i in self.iterations):
-            report["knowledge_truncated"] = True  # DR got less than KG wrote (see _dr_prompt)
-        usage = Usage(
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=choice.completion_tokens,
-            reasoning_tokens=choice.reasoning_tokens,
-            cached_tokens=self.cached_tokens,
-        )
+        if self.iterations and self.loop.rounds[-1].ir is None:  # cancelled mid-iteration: its outputs so far
+            it, round_ = self.iterations[-1], self.loop.rounds[-1]
+            round_.ir = it.ir.to_choice() if it.ir is not None else None
+            round_.dr = it.dr.to_choice() if it.dr is not None else None
+        usage = Usage(prompt_tokens=self.prompt_tokens, completion_tokens=0, cached_tokens=self.cached_tokens)
+        res = self.loop.result(key, agreed, [d.to_choice() for d in decoders], usage, self.model)
+        choice = res.choices[0]
         # Streaming callers get the chosen output once the loop has settled (role outputs are not streamed).
         if choice.reasoning:
             self.emit(Chunk("reasoning", choice.reasoning))
         if choice.content:
             self.emit(Chunk("content", choice.content))
-        self.complete(ChatResult(choices=[choice], usage=usage, model=self.model, extra={"lorid": report}))
-
-
-def _output_text(d: ChoiceDecoder) -> str:
-    """What a decoder wrote: its answer channel, else its reasoning (a student that only thinks)."""
-    content = "".join(d.content)
-    return content if content.strip() else "".join(d.reasoning)
+        self.complete(res)

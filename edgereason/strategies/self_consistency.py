@@ -69,6 +69,32 @@ class SampleReport:
     think_answer_mismatch: bool | None
     choice: Choice
 
+    @classmethod
+    def of(
+        cls,
+        index: int,
+        choice: Choice,
+        found: Extracted | None,
+        token_confs: list[float],
+        sc: SelfConsistencyOptions,
+    ) -> SampleReport:
+        """A finished sample's vote entry, whichever executor decoded it: ``found`` is its extracted answer
+        (the vote key unless ``mismatch="drop"`` drops it), ``token_confs`` its DeepConf token confidences."""
+        mismatch = choice.extra["think_answer_mismatch"]
+        key = answer_key(found) if found is not None else None
+        if mismatch is True and sc.mismatch == "drop":
+            key = None
+        return cls(
+            index=index,
+            answer=key,
+            tokens=choice.completion_tokens,
+            confidence=trace_confidence(token_confs, DEFAULT_CONFIDENCE_WINDOW),
+            finish_reason=choice.finish_reason,
+            answer_confidence=choice.extra["answer_confidence"],
+            think_answer_mismatch=mismatch,
+            choice=choice,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "index": self.index,
@@ -266,20 +292,8 @@ class SelfConsistencyJob(Job):
 
     def _report(self, d: SampleDecoder) -> SampleReport:
         found = d.final_answer(self.sc.answer_format) if d.grammar is None else _structured_answer(d)
-        choice = d.to_choice(self.sc.answer_format, found)
-        mismatch = choice.extra["think_answer_mismatch"]
-        key = answer_key(found) if found is not None else None
-        if mismatch is True and self.sc.mismatch == "drop":
-            key = None
-        return SampleReport(
-            index=d.index,
-            answer=key,
-            tokens=d.completion_tokens,
-            confidence=trace_confidence(d.token_confs, DEFAULT_CONFIDENCE_WINDOW),
-            finish_reason=choice.finish_reason,
-            answer_confidence=choice.extra["answer_confidence"],
-            think_answer_mismatch=mismatch,  # type: ignore[arg-type]
-            choice=choice,
+        return SampleReport.of(
+            d.index, d.to_choice(self.sc.answer_format, found), found, d.token_confs, self.sc
         )
 
     def _stop(self, why: str) -> None:
@@ -302,33 +316,16 @@ class SelfConsistencyJob(Job):
         if self.root is not None and self.root.live:
             self.sched.finish(self.root)
         self.root = None
-        weighted = self.sc.strategy == "weighted" or self.sc.mismatch == "downweight"
-        votes = []
-        for r in self.finished:
-            weight = r.confidence if self.sc.strategy == "weighted" else 1.0
-            if r.think_answer_mismatch is True and self.sc.mismatch == "downweight":
-                weight *= MISMATCH_WEIGHT
-            votes.append(Vote(answer=r.answer, weight=weight, confidence=r.confidence, index=r.index))
-        result = tally(votes, "weighted" if weighted else "majority")
-        best = self._representative(result.winner)
-        choice = dataclasses.replace(best, index=0) if best is not None else self._empty_choice()
-        if best is not None:
-            choice.answer = result.winner if result.winner is not None else choice.answer
+        choice, report = vote(
+            self.finished,
+            self.opts,
+            stop_rule=self.stop_rule,
+            rule=self.rule.name,
+            cancelled=len(self.cancelled),
+            parallel=self.width,
+        )
         decoders_tokens = [r.choice for r in self.finished] + [d.to_choice() for d in self.cancelled]
         usage = Usage.of_choices(len(self.prompt.tokens), decoders_tokens, self.cached_tokens)
-        report = {
-            "answer": result.winner,
-            "votes": {a: (int(v) if not weighted else round(v, 4)) for a, v in result.votes.items()},
-            "samples_used": len(self.finished),
-            "samples_requested": self.sc.samples,
-            "samples_cancelled": len(self.cancelled),
-            "parallel": self.width,
-            "confidence": result.share,
-            "stopped_early": self.stop_rule is not None,
-            "stop_rule": self.stop_rule or self.rule.name,
-            "strategy": self.sc.strategy,
-            "samples": [r.to_dict() for r in self.finished],
-        }
         # Streaming callers get the representative sample's text as it stands at the end.
         if choice.reasoning:
             self.emit(Chunk("reasoning", choice.reasoning))
@@ -338,16 +335,41 @@ class SelfConsistencyJob(Job):
             ChatResult(choices=[choice], usage=usage, model=self.model, extra={"self_consistency": report})
         )
 
-    def _representative(self, winner: str | None) -> Choice | None:
-        """The winning sample with the highest trace confidence, then the earliest; else any finished one."""
-        pool = [r for r in self.finished if r.answer == winner] if winner is not None else list(self.finished)
-        if not pool:
-            return None
-        return min(pool, key=lambda r: (-r.confidence, r.index)).choice
 
-    def _empty_choice(self) -> Choice:
-        reason: FinishReason = "length" if self.opts.max_tokens == 0 else "cancelled"
-        return Choice(
+# -- the vote, shared by every executor (the local scheduler's job, the remote executor) ----------------------
+def vote(
+    finished: list[SampleReport],
+    opts: GenerationOptions,
+    *,
+    stop_rule: str | None,
+    rule: str,
+    cancelled: int,
+    parallel: int,
+) -> tuple[Choice, dict[str, Any]]:
+    """The voted choice and the ``self_consistency`` report over ``finished`` (in finish order).
+
+    The choice is the winning sample with the highest trace confidence, then the earliest index; with no
+    winner (every sample abstained) the same over all; with none finished an empty choice. ``stop_rule`` is
+    what ended sampling early (None: every sample ran), ``rule`` the stopping rule's name, ``cancelled``
+    the samples stopped unfinished, ``parallel`` how many decoded at once."""
+    sc = opts.self_consistency
+    assert sc is not None
+    weighted = sc.strategy == "weighted" or sc.mismatch == "downweight"
+    votes = []
+    for r in finished:
+        weight = r.confidence if sc.strategy == "weighted" else 1.0
+        if r.think_answer_mismatch is True and sc.mismatch == "downweight":
+            weight *= MISMATCH_WEIGHT
+        votes.append(Vote(answer=r.answer, weight=weight, confidence=r.confidence, index=r.index))
+    result = tally(votes, "weighted" if weighted else "majority")
+    pool = [r for r in finished if r.answer == result.winner] if result.winner is not None else finished
+    if pool:
+        choice = dataclasses.replace(min(pool, key=lambda r: (-r.confidence, r.index)).choice, index=0)
+        if result.winner is not None:
+            choice.answer = result.winner
+    else:
+        reason: FinishReason = "length" if opts.max_tokens == 0 else "cancelled"
+        choice = Choice(
             index=0,
             content="",
             reasoning="",
@@ -356,3 +378,17 @@ class SelfConsistencyJob(Job):
             reasoning_tokens=0,
             extra={"answer_confidence": None, "think_answer_mismatch": None},
         )
+    report = {
+        "answer": result.winner,
+        "votes": {a: (int(v) if not weighted else round(v, 4)) for a, v in result.votes.items()},
+        "samples_used": len(finished),
+        "samples_requested": sc.samples,
+        "samples_cancelled": cancelled,
+        "parallel": parallel,
+        "confidence": result.share,
+        "stopped_early": stop_rule is not None,
+        "stop_rule": stop_rule or rule,
+        "strategy": sc.strategy,
+        "samples": [r.to_dict() for r in finished],
+    }
+    return choice, report
