@@ -76,6 +76,11 @@ class SelfConsistencyOptions(BaseModel):
         default="keep",
         description="samples whose reasoning and final answer disagree: vote, abstain, or half a vote",
     )
+    failed_code: Literal["keep", "drop"] = Field(
+        default="drop",
+        description="built-in Python tool: samples whose every code run failed lose their vote when "
+        "another sample's code ran (Agent Distillation's self-consistent action generation)",
+    )
 
     @field_validator("adaptive", mode="before")
     @classmethod

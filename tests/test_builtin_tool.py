@@ -339,6 +339,23 @@ def test_self_consistency_samples_run_their_own_code(forced: tuple[er.Engine, Fo
     assert settle(engine) == 0
 
 
+def test_self_consistency_prefers_samples_whose_code_ran(forced: tuple[er.Engine, Forced]) -> None:
+    engine, backend = forced
+    broken = "```python\nprint(7 *)\n```\nThe answer is 15.<eos>"  # a SyntaxError, then a guess
+    backend.scripts = {210: "```python\nprint(7 * 2)\n```\n<eos>", 211: broken, 212: broken}
+    kw: dict[str, Any] = {"seed": 210, "max_tokens": 60, "builtin_tools": ["python"]}
+    res = engine.complete("What is 7 * 2?\n", **kw, self_consistency={"samples": 3})
+    rep = res.extra["self_consistency"]
+    # The two failed runs lose their votes (their own answers stay in the report); the run that worked wins.
+    assert rep["failed_code_dropped"] == [1, 2] and rep["votes"] == {"14": 1} and rep["answer"] == "14"
+    by_index = {s["index"]: (s["answer"], s["python_tool"]["errors"]) for s in rep["samples"]}
+    assert by_index == {0: ("14", 0), 1: ("15", 1), 2: ("15", 1)}
+    keep = engine.complete("What is 7 * 2?\n", **kw, self_consistency={"samples": 3, "failed_code": "keep"})
+    rep = keep.extra["self_consistency"]
+    assert rep["votes"] == {"15": 2, "14": 1} and rep["answer"] == "15" and "failed_code_dropped" not in rep
+    assert settle(engine) == 0
+
+
 # -- the server: the output streams in the channel the model was writing in -----------------------------
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:

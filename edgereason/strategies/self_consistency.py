@@ -355,12 +355,16 @@ def vote(
     sc = opts.self_consistency
     assert sc is not None
     weighted = sc.strategy == "weighted" or sc.mismatch == "downweight"
+    dropped = {r.index for r in finished if _code_failed(r)} if sc.failed_code == "drop" else set()
+    if not any(_code_ran(r) for r in finished):
+        dropped = set()  # every sample's code failed (or none wrote any): nothing better to prefer
     votes = []
     for r in finished:
         weight = r.confidence if sc.strategy == "weighted" else 1.0
         if r.think_answer_mismatch is True and sc.mismatch == "downweight":
             weight *= MISMATCH_WEIGHT
-        votes.append(Vote(answer=r.answer, weight=weight, confidence=r.confidence, index=r.index))
+        answer = None if r.index in dropped else r.answer
+        votes.append(Vote(answer=answer, weight=weight, confidence=r.confidence, index=r.index))
     result = tally(votes, "weighted" if weighted else "majority")
     pool = [r for r in finished if r.answer == result.winner] if result.winner is not None else finished
     if pool:
@@ -378,7 +382,7 @@ def vote(
             reasoning_tokens=0,
             extra={"answer_confidence": None, "think_answer_mismatch": None},
         )
-    report = {
+    report: dict[str, Any] = {
         "answer": result.winner,
         "votes": {a: (int(v) if not weighted else round(v, 4)) for a, v in result.votes.items()},
         "samples_used": len(finished),
@@ -391,4 +395,21 @@ def vote(
         "strategy": sc.strategy,
         "samples": [r.to_dict() for r in finished],
     }
+    if dropped:
+        report["failed_code_dropped"] = sorted(dropped)  # their votes; their own answers stay in samples
     return choice, report
+
+
+def _tool_runs(r: SampleReport) -> tuple[int, int]:
+    tool = r.choice.extra.get("python_tool") or {}
+    return int(tool.get("calls", 0)), int(tool.get("errors", 0))
+
+
+def _code_failed(r: SampleReport) -> bool:
+    calls, errors = _tool_runs(r)
+    return calls > 0 and errors >= calls
+
+
+def _code_ran(r: SampleReport) -> bool:
+    calls, errors = _tool_runs(r)
+    return calls > errors
