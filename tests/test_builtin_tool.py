@@ -356,6 +356,30 @@ def test_self_consistency_prefers_samples_whose_code_ran(forced: tuple[er.Engine
     assert settle(engine) == 0
 
 
+def test_lorid_roles_run_their_own_code(model_path: Path) -> None:
+    """LoRID's roles may use the tool: IR and DR each run their code; the loop votes on what it printed."""
+    from edgereason.backends.llama_cpp import LlamaCppBackend
+    from edgereason.models import student_preset
+
+    roles = {r: p for r, p in student_preset().adapters.items() if r in ("ir", "kg", "dr")}
+    backend = Forced(LlamaCppBackend(model_path, n_ctx=1024, threads=1, max_sequences=4, adapters=roles))
+    # Role seeds are seed + 3 * iteration + (ir 0, kg 1, dr 2).
+    backend.scripts = {
+        300: "```python\nprint(3 + 4)\n```\n<eos>",
+        301: "Three apples and four apples make seven apples.<eos>",
+        302: "```python\napples = 3\nprint(apples + 4)\n```\n<eos>",
+    }
+    with er.Engine(backend) as engine:  # type: ignore[arg-type]
+        q = [{"role": "user", "content": "Sam has 3 apples and gets 4 more. How many apples?"}]
+        res = engine.chat(q, seed=300, max_tokens=60, strategy="lorid", builtin_tools=["python"])
+        assert settle(engine) == 0
+    rep = res.extra["lorid"]
+    assert rep["agreed"] and rep["iterations"] == 1 and rep["ir_answers"] == rep["dr_answers"] == ["7"]
+    assert res.usage.tool_calls == 2 and res.usage.tool_tokens > 0  # IR's and DR's runs; KG wrote none
+    assert res.content.startswith("```python\napples = 3\nprint(apples + 4)\n```\n<output>\n7\n</output>")
+    assert res.usage.completion_tokens == res.choices[0].completion_tokens + res.usage.tool_tokens
+
+
 # -- the server: the output streams in the channel the model was writing in -----------------------------
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..chat.reasoning import CLOSE_TAG, ChannelSplitter, PromptPlan, State
 from ..errors import InvalidRequestError
 from ..options import GenerationOptions, LoridOptions
-from ..result import ChatResult, Chunk, FinishReason, Usage
+from ..result import ChatResult, Chunk, FinishReason
 from ..signals import final_answer
 from ..strategies.budget import CLOSE_TEXT
 from ..strategies.generate import StopMatcher
@@ -357,5 +357,5 @@ def lorid(eng: RemoteEngine, job: RemoteJob, question: str, opts: GenerationOpti
             outs += [ir, kg, dr]
             settled = loop.settle(ir.to_choice(0, opts), dr.to_choice(0, opts))
     key, agreed = settled if settled is not None else (None, False)
-    usage = Usage(prompt_tokens=sum(o.prompt_tokens for o in outs))
-    return loop.result(key, agreed, [o.to_choice(0, opts) for o in outs], usage, eng.name)
+    outputs = [o.to_choice(0, opts) for o in outs]
+    return loop.result(key, agreed, outputs, eng.name, prompt_tokens=sum(o.prompt_tokens for o in outs))

@@ -11,7 +11,6 @@ same time; the scheduler decodes each group under its own adapters, the groups t
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,10 +104,17 @@ class LoridLoop:
         return None
 
     def result(
-        self, key: str | None, agreed: bool, outputs: list[Choice], usage: Usage, model: str
+        self,
+        key: str | None,
+        agreed: bool,
+        outputs: list[Choice],
+        model: str,
+        *,
+        prompt_tokens: int,
+        cached_tokens: int = 0,
     ) -> ChatResult:
-        """The loop's result: DR's (else IR's) output from the latest iteration that gave ``key``; token
-        counts over ``outputs`` (every role output, KG's included); the ``lorid`` report."""
+        """The loop's result: DR's (else IR's) output from the latest iteration that gave ``key``; usage over
+        ``outputs`` (every role output, KG's included, with their probes and tool runs); the ``lorid`` report."""
         source: Choice | None = None
         knowledge = ""
         for it in reversed(self.rounds):
@@ -141,9 +147,7 @@ class LoridLoop:
         }
         if any(r.knowledge_truncated for r in self.rounds):
             report["knowledge_truncated"] = True  # DR got less than KG wrote
-        usage = dataclasses.replace(
-            usage, completion_tokens=choice.completion_tokens, reasoning_tokens=choice.reasoning_tokens
-        )
+        usage = Usage.of_choices(prompt_tokens, outputs, cached_tokens)
         return ChatResult(choices=[choice], usage=usage, model=model, extra={"lorid": report})
 
 
@@ -283,8 +287,15 @@ class LoridJob(Job):
             it, round_ = self.iterations[-1], self.loop.rounds[-1]
             round_.ir = it.ir.to_choice() if it.ir is not None else None
             round_.dr = it.dr.to_choice() if it.dr is not None else None
-        usage = Usage(prompt_tokens=self.prompt_tokens, completion_tokens=0, cached_tokens=self.cached_tokens)
-        res = self.loop.result(key, agreed, [d.to_choice() for d in decoders], usage, self.model)
+        outputs = [d.to_choice() for d in decoders]
+        res = self.loop.result(
+            key,
+            agreed,
+            outputs,
+            self.model,
+            prompt_tokens=self.prompt_tokens,
+            cached_tokens=self.cached_tokens,
+        )
         choice = res.choices[0]
         # Streaming callers get the chosen output once the loop has settled (role outputs are not streamed).
         if choice.reasoning:
