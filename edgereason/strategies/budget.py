@@ -222,10 +222,13 @@ class Probe:
         self.owner.probe_done(self, seq, failed=False)
 
 
-class ThinkingController:
-    """The thinking policy of one choice: cap, minimum, early exit and loop guard."""
+class ThinkingPolicy:
+    """The decisions of a choice's thinking controls, without an engine: when the cap ends thinking, when a
+    close before ``min_thinking`` becomes "Wait", where a trial answer is probed and when its confidence
+    ends thinking, when the loop guard fires; and the report. The local ``ThinkingController`` acts on them
+    token by token through the scheduler; the remote executor (remote/steer.py) over a streamed completion."""
 
-    def __init__(self, opts: GenerationOptions, plan: PromptPlan) -> None:
+    def __init__(self, opts: GenerationOptions, reasoning_format: str | None) -> None:
         self.opts = opts
         budget = opts.effective_thinking_budget
         self.auto = budget == "auto"
@@ -236,19 +239,109 @@ class ThinkingController:
         self.prefix = opts.early_exit_prefix
         if self.prefix is None:
             self.prefix = DEFAULT_PROBE_PREFIXES.get(
-                plan.reasoning_format or "none", DEFAULT_PROBE_PREFIXES["none"]
+                reasoning_format or "none", DEFAULT_PROBE_PREFIXES["none"]
             )
         use_guard = opts.loop_guard if opts.loop_guard is not None else self.auto
         self.guard = LoopGuard() if use_guard else None
         self.probes: list[ProbeRecord] = []
-        self.probe: Probe | None = None
         self.probe_tokens = 0  # tokens the probes decoded (trial prefixes) and sampled (trial answers)
+        self.loop_reason: str | None = None
+        self._raw_tail = ""  # recent raw text of the main sequence, for transition detection
+
+    @property
+    def wrap_text(self) -> str:
+        return "\n" + self.opts.wrap_up if self.opts.wrap_up else ""
+
+    @property
+    def probe_stops_at_brace(self) -> bool:
+        return self.prefix is not None and self.prefix.rstrip().endswith("{")
+
+    def reserve(self, wrap_len: int) -> int:
+        """Room kept for the wrap-up (``wrap_len`` tokens): used only when it takes at most half the budget."""
+        return wrap_len if self.budget is not None and 0 < wrap_len <= self.budget // 2 else 0
+
+    def wrap_fits(self, reasoning_tokens: int, wrap_len: int) -> bool:
+        if wrap_len == 0:
+            return False
+        if self.budget is None:
+            return True
+        return self.reserve(wrap_len) > 0 and reasoning_tokens + wrap_len <= self.budget
+
+    def over_cap(self, reasoning_tokens: int, wrap_len: int) -> bool:
+        """One more reasoning token would cross the cap (less the wrap-up's room)."""
+        return self.budget is not None and reasoning_tokens + 1 > self.budget - self.reserve(wrap_len)
+
+    def wants_wait(self, reasoning_tokens: int, wait_len: int) -> bool:
+        """The model ends thinking at ``reasoning_tokens``: extend it with "Wait" (``wait_len`` tokens)?"""
+        if reasoning_tokens >= self.min_thinking or self.waits >= self.opts.max_waits:
+            return False
+        return self.budget is None or reasoning_tokens + wait_len <= self.budget
+
+    def wants_probe(self, reasoning_tokens: int, text: str, wrap_len: int) -> bool:
+        """Probe a trial answer before this token (it starts a transition marker)? The executor also
+        needs room for the probe."""
+        if not self.auto or len(self.probes) >= self.opts.early_exit_max_probes or reasoning_tokens == 0:
+            return False
+        if self.budget is not None and reasoning_tokens + EARLY_EXIT_MARGIN > self.budget - self.reserve(
+            wrap_len
+        ):
+            return False  # near the cap: the cap ends thinking anyway
+        return is_transition(text, self._raw_tail, self.markers)
+
+    def saw(self, text: str) -> None:
+        """A token of the main sequence's raw text (for transition detection)."""
+        self._raw_tail = (self._raw_tail + text)[-16:]
+
+    def probed(self, reasoning_tokens: int, logprobs: Sequence[float], answer: str, *, failed: bool) -> bool:
+        """A probe's trial answer came back: record it; True when thinking should end here."""
+        conf = 0.0 if failed else probe_confidence(logprobs, self.opts.early_exit_confidence)
+        self.probes.append(ProbeRecord(reasoning_tokens, conf, answer.strip()))
+        return self.settled()
+
+    def settled(self) -> bool:
+        """The last ``early_exit_agree`` trial answers are confident and (when more than one) the same."""
+        k = self.opts.early_exit_agree
+        last = self.probes[-k:]
+        if len(last) < k or any(p.confidence < self.opts.early_exit_threshold for p in last):
+            return False
+        return k == 1 or all(p.answer and answers_equal(p.answer, last[0].answer) for p in last)
+
+    def loops(self, token: int, text: str) -> bool:
+        """Feed a reasoning token to the loop guard; True once thinking looks degenerate."""
+        if self.guard is None or not self.guard.feed(token, text):
+            return False
+        self.loop_reason = self.guard.reason
+        return True
+
+    def trial_answer_text(self, answer: str) -> str:
+        """The text that answers with a confident trial answer (``early_exit_answer="trial"``)."""
+        assert self.prefix is not None
+        lead = self.prefix.split(CLOSE_TAG, 1)[-1].lstrip("\n")  # a prefix that closed thinking itself
+        return lead + answer + ("}" if self.probe_stops_at_brace else "")
+
+    def report(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.auto:
+            out["early_exit_probe_count"] = len(self.probes)
+            out["early_exit_probes"] = [p.to_dict() for p in self.probes]
+            out["probe_tokens"] = self.probe_tokens
+        if self.waits:
+            out["thinking_waits"] = self.waits
+        if self.loop_reason:
+            out["loop_guard_reason"] = self.loop_reason
+        return out
+
+
+class ThinkingController(ThinkingPolicy):
+    """The thinking policy of one choice, acted on through the scheduler: cap, minimum, early exit, loop guard."""
+
+    def __init__(self, opts: GenerationOptions, plan: PromptPlan) -> None:
+        super().__init__(opts, plan.reasoning_format)
+        self.probe: Probe | None = None
         self._withheld: _Withheld | None = None
         self._main: Seq | None = None
         self._decoder: ChoiceDecoder | None = None
         self._wrap_tokens: list[int] | None = None
-        self._raw_tail = ""  # recent raw text of the main sequence, for transition detection
-        self.loop_reason: str | None = None
         self._replaying = False  # a withheld token is given back: it passes unchanged
 
     # -- hooks called by ChoiceDecoder -------------------------------------------------------------
@@ -274,28 +367,29 @@ class ThinkingController:
         sched = d.sched
         closes = sched.backend.is_eog(token) and not d.opts.ignore_eos or d.splitter.closes_with(text)
         if closes:
-            if d.reasoning_tokens < self.min_thinking and self.waits < self.opts.max_waits:
-                wait_n = len(sched.backend.tokenize(WAIT_TEXT))
-                if self.budget is None or d.reasoning_tokens + wait_n <= self.budget:
-                    self._extend(d, seq, text)
-                    return True
+            if self.min_thinking and self.wants_wait(
+                d.reasoning_tokens, len(sched.backend.tokenize(WAIT_TEXT))
+            ):
+                self._extend(d, seq, text)
+                return True
             return False
-        if self.budget is not None and d.reasoning_tokens + 1 > self.budget - self._reserve(d):
+        if self.over_cap(d.reasoning_tokens, self._wrap_len(d)):
             sched.rewind(seq, 1)
             self.close(d, seq, "budget", wrap=True)
             return True
-        if self.auto and self._should_probe(d, text) and self._start_probe(d, seq, token, text, logprobs):
-            self._raw_tail = (self._raw_tail + text)[-16:]
-            return True
-        self._raw_tail = (self._raw_tail + text)[-16:]
-        return False
+        probe = (
+            self.wants_probe(d.reasoning_tokens, text, self._wrap_len(d))
+            and d.sched.room_for(d.job)  # probes use only the slots the job reserved
+            and self._start_probe(d, seq, token, text, logprobs)
+        )
+        self.saw(text)
+        return probe
 
     def after_token(self, d: ChoiceDecoder, seq: Seq, token: int, text: str) -> None:
         """A token routed (still thinking): the loop guard looks at it."""
         if self.guard is None or not d.in_reasoning or d.finished:
             return
-        if self.guard.feed(token, text):
-            self.loop_reason = self.guard.reason
+        if self.loops(token, text):
             self.close(d, seq, "loop_guard", wrap=True)
 
     def close_probe(self) -> None:
@@ -305,23 +399,11 @@ class ThinkingController:
         self.probe = None
         self._withheld = None
 
-    def report(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.auto:
-            out["early_exit_probe_count"] = len(self.probes)
-            out["early_exit_probes"] = [p.to_dict() for p in self.probes]
-            out["probe_tokens"] = self.probe_tokens
-        if self.waits:
-            out["thinking_waits"] = self.waits
-        if self.loop_reason:
-            out["loop_guard_reason"] = self.loop_reason
-        return out
-
     # -- actions -----------------------------------------------------------------------------------
     def close(self, d: ChoiceDecoder, seq: Seq, reason: str, *, wrap: bool) -> None:
         """End thinking now: wrap-up line (when it fits) and the rest of the end-of-thinking tag."""
-        if wrap and self._wrap_fits(d):
-            d.inject_text(seq, self._wrap_text())
+        if wrap and self.wrap_fits(d.reasoning_tokens, self._wrap_len(d)):
+            d.inject_text(seq, self.wrap_text)
         held = d.splitter.held
         d.thinking_stopped_by = reason
         # a partial tag the model already wrote ("</") is completed rather than repeated
@@ -360,17 +442,6 @@ class ThinkingController:
             d.reasoning_tokens += len(toks)
 
     # -- early exit --------------------------------------------------------------------------------
-    def _should_probe(self, d: ChoiceDecoder, text: str) -> bool:
-        if len(self.probes) >= self.opts.early_exit_max_probes or d.reasoning_tokens == 0:
-            return False
-        if self.budget is not None and d.reasoning_tokens + EARLY_EXIT_MARGIN > self.budget - self._reserve(
-            d
-        ):
-            return False  # near the cap: the cap ends thinking anyway
-        if not d.sched.room_for(d.job):  # probes use only the slots the job reserved
-            return False
-        return is_transition(text, self._raw_tail, self.markers)
-
     def _start_probe(
         self, d: ChoiceDecoder, seq: Seq, token: int, text: str, logprobs: TopLogprobs | None
     ) -> bool:
@@ -383,9 +454,7 @@ class ThinkingController:
         sched.rewind(seq, 1)  # withhold the marker: the main sequence is exactly as before it
         self._withheld = _Withheld(token, text, logprobs)
         self._main = seq
-        probe = Probe(
-            self, sched, self.opts.early_exit_probe_tokens, stop_at_brace=self.prefix.rstrip().endswith("{")
-        )
+        probe = Probe(self, sched, self.opts.early_exit_probe_tokens, stop_at_brace=self.probe_stops_at_brace)
         probe.seq = sched.fork(seq, probe, SamplingParams(), pending=prefix, top_logprobs=0)
         self.probe_tokens += len(prefix)
         self.probe = probe
@@ -398,10 +467,9 @@ class ThinkingController:
         self.probe, self._withheld = None, None
         if d is None or seq is None or held is None or not seq.live:
             return
-        conf = 0.0 if failed else probe_confidence(probe.logprobs, self.opts.early_exit_confidence)
-        self.probes.append(ProbeRecord(d.reasoning_tokens, conf, probe.text.strip()))
+        settled = self.probed(d.reasoning_tokens, probe.logprobs, probe.text, failed=failed)
         d.sched.resume(seq)
-        if self._settled():
+        if settled:
             self.close(d, seq, "early_exit", wrap=False)
             if not d.finished and self.opts.early_exit_answer == "trial":
                 self._answer_with_trial(d, seq, probe)
@@ -417,45 +485,19 @@ class ThinkingController:
 
     def _answer_with_trial(self, d: ChoiceDecoder, seq: Seq, probe: Probe) -> None:
         """The confident trial answer becomes the choice's answer (when it fits in ``max_tokens``)."""
-        assert self.prefix is not None
-        lead = self.prefix.split(CLOSE_TAG, 1)[-1].lstrip("\n")  # a prefix that closed thinking itself
-        text = lead + probe.text + ("}" if probe.stop_at_brace else "")
+        text = self.trial_answer_text(probe.text)
         if d.completion_tokens + len(d.sched.backend.tokenize(text)) > d.max_tokens:
             return  # no room: the model answers as usual
         d.inject_text(seq, text)
         if not d.finished:
             d.end(seq, "stop")
 
-    def _settled(self) -> bool:
-        """The last ``early_exit_agree`` trial answers are confident and (when more than one) the same."""
-        k = self.opts.early_exit_agree
-        last = self.probes[-k:]
-        if len(last) < k or any(p.confidence < self.opts.early_exit_threshold for p in last):
-            return False
-        return k == 1 or all(p.answer and answers_equal(p.answer, last[0].answer) for p in last)
-
     # -- helpers -----------------------------------------------------------------------------------
-    def _wrap_text(self) -> str:
-        return "\n" + self.opts.wrap_up if self.opts.wrap_up else ""
-
     def _wrap_len(self, d: ChoiceDecoder) -> int:
         if self._wrap_tokens is None:
-            text = self._wrap_text()
+            text = self.wrap_text
             self._wrap_tokens = d.sched.backend.tokenize(text) if text else []
         return len(self._wrap_tokens)
-
-    def _reserve(self, d: ChoiceDecoder) -> int:
-        """Room kept for the wrap-up: used only when it takes at most half the budget."""
-        n = self._wrap_len(d)
-        return n if self.budget is not None and 0 < n <= self.budget // 2 else 0
-
-    def _wrap_fits(self, d: ChoiceDecoder) -> bool:
-        n = self._wrap_len(d)
-        if n == 0:
-            return False
-        if self.budget is None:
-            return True
-        return self._reserve(d) > 0 and d.reasoning_tokens + n <= self.budget
 
 
 def make_thinking_controller(opts: GenerationOptions, plan: PromptPlan) -> ThinkingController | None:
