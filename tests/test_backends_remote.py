@@ -241,11 +241,12 @@ def test_per_token_thinking_controls_run_on_an_edgereason_server(
     assert r.choices[0].extra["thinking_budget_enforced_by"] == "server"
 
 
-def test_per_token_thinking_controls_need_an_edgereason_server(server: Server) -> None:
+def test_per_token_thinking_controls_elsewhere_need_the_template(server: Server) -> None:
+    """On a server that is not EdgeReason the controls run here, on the locally rendered prompt."""
     with load_remote(f"openai://{server.base.removeprefix('http://')}/default") as eng:
-        eng.flavor = "openai"  # as vLLM or llama-server would be seen
+        eng.flavor, eng.chat_template = "openai", None  # as a server that reports no template is seen
         for kw in ({"thinking_budget": "auto"}, {"min_thinking": 4}, {"loop_guard": True}):
-            with pytest.raises(InvalidRequestError, match="only an EdgeReason server"):
+            with pytest.raises(InvalidRequestError, match="chat_template="):
                 eng.chat(QUESTIONS[0], **kw)
 
 

@@ -22,7 +22,8 @@ import pytest
 
 import edgereason as er
 from edgereason import peer
-from edgereason.errors import InvalidRequestError, UnknownAdapterError
+from edgereason.errors import UnknownAdapterError
+from edgereason.options import DEFAULT_WRAP_UP
 from edgereason.remote import RemoteEngine, load_remote
 
 N_CTX = 512  # per slot, and the local engine's per sequence
@@ -193,18 +194,62 @@ def test_exact_thinking_budgets(remote: RemoteEngine, local: er.Engine, budget: 
     assert got.thinking_stopped_by == "budget" and got.content
 
 
-def test_per_token_controls(remote: RemoteEngine, local: er.Engine) -> None:
-    """min_thinking and thinking_budget='auto' need per-token steering: refused by name on llama-server
-    (or, once the remote executor runs them, the same decisions as local)."""
-    for extra in ({"min_thinking": 8}, {"thinking_budget": "auto", "auto_budget_cap": 24}):
-        kw = {"max_tokens": 48, "temperature": 0.0, "thinking": True, **extra}
-        try:
-            got = remote.chat(QUESTIONS[0], **kw, **COLD)
-        except InvalidRequestError as exc:
-            assert "only an EdgeReason server" in str(exc)
-            assert next(iter(extra)) in str(exc)
-        else:
-            _same(got, local.chat(QUESTIONS[0], **kw))
+def test_early_exit_probes_like_local(remote: RemoteEngine, local: er.Engine) -> None:
+    """thinking_budget='auto' on llama-server: the remote executor streams the continuation, probes at the
+    same marker (a separate /v1/completions request) and exits where the local engine does."""
+    kw: dict[str, Any] = {
+        "max_tokens": 90,
+        "temperature": 0.0,
+        "thinking": True,
+        "thinking_budget": "auto",
+        "auto_budget_cap": 60,
+        "transition_markers": ["\n", "Wait", "So"],
+        "early_exit_threshold": 0.5,
+    }
+    got, want = remote.chat(QUESTIONS[0], **kw, **COLD), local.chat(QUESTIONS[0], **kw)
+    g, w = got.choices[0], want.choices[0]
+    assert (g.reasoning, g.content, g.thinking_stopped_by) == (w.reasoning, w.content, w.thinking_stopped_by)
+    assert g.thinking_stopped_by == "early_exit" and g.extra["early_exit_probe_count"] >= 1
+    assert (g.completion_tokens, g.reasoning_tokens) == (w.completion_tokens, w.reasoning_tokens)
+    probes = [(p["at"], p["answer"]) for p in g.extra["early_exit_probes"]]
+    assert probes == [(p["at"], p["answer"]) for p in w.extra["early_exit_probes"]]
+    # The trial answer's confidence: the same tokens scored by two paths (a fork locally, a re-sent
+    # prompt remotely), so close but not bit-equal.
+    for p, q in zip(g.extra["early_exit_probes"], w.extra["early_exit_probes"]):
+        assert abs(p["confidence"] - q["confidence"]) < 0.1
+    assert got.usage.probe_tokens == want.usage.probe_tokens > 0
+    assert (got.usage.completion_tokens, got.usage.prompt_tokens) == (
+        want.usage.completion_tokens,
+        want.usage.prompt_tokens,
+    )
+
+
+def test_min_thinking_waits_like_local(remote: RemoteEngine, local: er.Engine) -> None:
+    """min_thinking on llama-server: an end of thinking before the minimum becomes "Wait", as local. The
+    continuation re-sends the text, so after the first "Wait" the server may tokenize a junction otherwise
+    and the two runs may part."""
+    kw: dict[str, Any] = {"max_tokens": 100, "temperature": 0.0, "thinking": True, "min_thinking": 60}
+    got, want = remote.chat(QUESTIONS[0], **kw, **COLD), local.chat(QUESTIONS[0], **kw)
+    g, w = got.choices[0], want.choices[0]
+    assert g.extra["thinking_waits"] == w.extra["thinking_waits"] >= 1
+    first = w.reasoning.index("\nWait")
+    assert g.reasoning[: first + 5] == w.reasoning[: first + 5]
+    assert g.reasoning_tokens >= 60 and w.reasoning_tokens >= 60
+
+
+def test_loop_guard_closes_thinking_like_local(remote: RemoteEngine, local: er.Engine) -> None:
+    q = [{"role": "user", "content": "Say 'I am a robot.' five times."}]
+    kw: dict[str, Any] = {"max_tokens": 150, "temperature": 0.0, "thinking": True, "loop_guard": True}
+    got, want = remote.chat(q, **kw, **COLD), local.chat(q, **kw)
+    g, w = got.choices[0], want.choices[0]
+    assert (g.thinking_stopped_by, g.extra["loop_guard_reason"]) == ("loop_guard", "repeated sentence")
+    assert (g.reasoning, g.content, g.reasoning_tokens, g.completion_tokens) == (
+        w.reasoning,
+        w.content,
+        w.reasoning_tokens,
+        w.completion_tokens,
+    )
+    assert w.thinking_stopped_by == "loop_guard" and g.reasoning.endswith(DEFAULT_WRAP_UP)
 
 
 def test_self_consistency_over_n(remote: RemoteEngine, local: er.Engine) -> None:

@@ -60,6 +60,7 @@ from .http import (
     make_target,
     parse_remote_url,
 )
+from .steer import steered
 
 __all__ = ["RemoteEngine", "RemoteError", "RemoteUnavailableError", "load_remote", "parse_remote_url"]
 
@@ -293,16 +294,21 @@ class RemoteEngine(ChatSurface):
                 "EdgeReason server started with --tool python",
                 param="builtin_tools",
             )
-        if _steered(opts) and self.flavor != "edgereason":
+        if steered(opts) and self.flavor != "edgereason" and self.chat_template is None:
             raise InvalidRequestError(
-                "thinking_budget='auto', min_thinking and loop_guard steer every token (probes, rewinds): "
-                "only an EdgeReason server applies them remotely; use an integer thinking_budget here",
+                "thinking_budget='auto', min_thinking and loop_guard steer every token of a continuation of "
+                f"the prompt rendered here, and {self.name}'s chat template is unknown (the server does not "
+                "report it): pass chat_template= (--chat-template) or use an integer thinking_budget",
                 param="thinking_budget",
             )
 
     def raw_budget(self, opts: GenerationOptions) -> bool:
-        """An integer budget is enforced here (raw-prompt continuation) when the chat template is known."""
-        if not isinstance(opts.effective_thinking_budget, int) or _steered(opts):
+        """Thinking controls applied here on a raw-prompt continuation (when the chat template is known):
+        an integer budget, and the per-token controls on a server that is not EdgeReason (which applies
+        them itself)."""
+        if steered(opts):
+            return self.flavor != "edgereason" and self.chat_template is not None
+        if not isinstance(opts.effective_thinking_budget, int):
             return False
         if self.chat_template is None:
             log.warning("no chat template for %s: the thinking budget is left to the server", self.name)
@@ -592,11 +598,7 @@ class RemoteEngine(ChatSurface):
     def result(
         self, choices: list[Choice], prompt_tokens: int, extra: dict[str, Any] | None = None
     ) -> ChatResult:
-        usage = Usage(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=sum(c.completion_tokens for c in choices),
-            reasoning_tokens=sum(c.reasoning_tokens for c in choices),
-        )
+        usage = Usage.of_choices(prompt_tokens, choices)  # with steered choices' probe tokens
         return ChatResult(choices=choices, usage=usage, model=self.name, extra=extra or {})
 
 
@@ -611,11 +613,6 @@ def _choice_index(choice: dict[str, Any], n: int) -> int:
     if not isinstance(index, int) or not 0 <= index < n:
         raise RemoteError(f"the server returned choice index {index!r} for n={n}")
     return index
-
-
-def _steered(opts: GenerationOptions) -> bool:
-    """Thinking controls that act on every token (probes, rewinds): a plain OpenAI server cannot take them."""
-    return opts.effective_thinking_budget == "auto" or bool(opts.min_thinking) or bool(opts.loop_guard)
 
 
 def _served_models(listing: Any, model: str) -> tuple[dict[str, Any], frozenset[str] | None]:

@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,7 +180,9 @@ class RemoteClient:
     def post(self, path: str, body: dict[str, Any]) -> Any:
         return self._call(lambda: self.http.post(path, json=body))
 
-    def stream(self, path: str, body: dict[str, Any], cancelled: threading.Event) -> Iterator[dict[str, Any]]:
+    def stream(
+        self, path: str, body: dict[str, Any], cancelled: threading.Event
+    ) -> Generator[dict[str, Any], None, None]:
         """Events of an SSE completion; leaving early (or ``cancelled``) closes the connection.
 
         Retried (as ``post``) until the first event; a stream cut later fails: its tokens were delivered.
@@ -300,6 +302,13 @@ class RemoteClient:
         with self._lock:
             self._token_counts[text] = n
         return n
+
+    def prompt_count(self, model: str, text: str) -> int:
+        """Tokens the server counts for ``text`` sent as a whole prompt (``count_tokens`` plus what it adds
+        to every prompt, e.g. BOS)."""
+        if self._bos_count is None:
+            self._bos_count = max(0, self._prompt_tokens(model, "a") - 1)
+        return self.count_tokens(model, text) + self._bos_count
 
     def _tokenize_count(self, model: str, text: str) -> int | None:
         # llama-server reads content/add_special, vLLM prompt/add_special_tokens; each ignores the others.
