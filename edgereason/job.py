@@ -6,7 +6,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .chat.reasoning import PromptPlan
 from .result import ChatResult, Chunk
@@ -51,6 +51,17 @@ class Job:
     def abort(self, sched: Scheduler) -> None:
         """Cancel: free every sequence this job owns and finish with what it has."""
         raise NotImplementedError
+
+    # what its choices' decoders tell it (engine thread; ``decoder`` is a strategies.generate.ChoiceDecoder)
+    def on_choice_done(self, decoder: Any) -> None:
+        """A choice finished (stop, length or cancelled)."""
+
+    def on_choice_context_full(self, decoder: Any) -> None:
+        """A choice ran out of context (it has finished as "length")."""
+        self.on_choice_done(decoder)
+
+    def on_choice_token(self, decoder: Any) -> None:
+        """A choice took a token (a job with a deadline checks it here)."""
 
     def emit(self, chunk: Chunk) -> None:
         if self.emit_chunks:

@@ -355,7 +355,7 @@ class ThinkingController(ThinkingPolicy):
         if text:
             if not forked:
                 d.sched.inject(seq, d.sched.backend.tokenize(text))
-            d._route(d.splitter.feed(text))
+            d.note_prompt_text(text)
             d.thinking_stopped_by = "budget"
 
     def before_token(
@@ -365,7 +365,7 @@ class ThinkingController(ThinkingPolicy):
         if self._replaying:
             return False
         sched = d.sched
-        closes = sched.backend.is_eog(token) and not d.opts.ignore_eos or d.splitter.closes_with(text)
+        closes = sched.backend.is_eog(token) and not d.opts.ignore_eos or d.closes_thinking(text)
         if closes:
             if self.min_thinking and self.wants_wait(
                 d.reasoning_tokens, len(sched.backend.tokenize(WAIT_TEXT))
@@ -404,18 +404,17 @@ class ThinkingController(ThinkingPolicy):
         """End thinking now: wrap-up line (when it fits) and the rest of the end-of-thinking tag."""
         if wrap and self.wrap_fits(d.reasoning_tokens, self._wrap_len(d)):
             d.inject_text(seq, self.wrap_text)
-        held = d.splitter.held
-        d.thinking_stopped_by = reason
+        held = d.held_tag
         # a partial tag the model already wrote ("</") is completed rather than repeated
-        d.inject_text(seq, CLOSE_TAG[len(held) :] + "\n\n" if held else CLOSE_TEXT)
+        d.end_thinking(seq, reason, CLOSE_TAG[len(held) :] + "\n\n" if held else CLOSE_TEXT)
 
     def _extend(self, d: ChoiceDecoder, seq: Seq, text: str) -> None:
         """s1: drop the model's end of thinking (close tag or EOS) and continue with "Wait"."""
         sched = d.sched
         sched.rewind(seq, 1)  # the closing token: sampled, not yet counted or decoded
         keep = ""
-        if d.splitter.closes_with(text):
-            held = d.splitter.drop_held()
+        if d.closes_thinking(text):
+            held = d.drop_held_tag()
             whole = held + text
             keep = whole[: whole.find(CLOSE_TAG)]
             self._unwind_held(d, seq, held)
@@ -431,15 +430,10 @@ class ThinkingController(ThinkingPolicy):
         while len(acc) < len(held) and k < len(seq.tokens):
             k += 1
             acc = backend.token_bytes(seq.tokens[-k]).decode("utf-8", "replace") + acc
-        d.sched.rewind(seq, k)
-        d.completion_tokens -= k
-        d.reasoning_tokens -= k
+        d.take_back(seq, k)
         extra = acc[: len(acc) - len(held)]
         if extra:  # the first token straddled shown text and the held tag: put the shown part back
-            toks = backend.tokenize(extra)
-            d.sched.inject(seq, toks)
-            d.completion_tokens += len(toks)
-            d.reasoning_tokens += len(toks)
+            d.put_back(seq, backend.tokenize(extra))
 
     # -- early exit --------------------------------------------------------------------------------
     def _start_probe(

@@ -186,6 +186,8 @@ class ChoiceDecoder:
         self.take_text(seq, text, tokens=1)
         if self.thinking is not None and not self.finished:
             self.thinking.after_token(self, seq, token, text)
+        if not self.finished:
+            self.job.on_choice_token(self)
         if not self.finished and self.completion_tokens >= self.max_tokens:
             self.end(seq, "length")
         elif not self.finished and self.code_watch is not None:
@@ -252,6 +254,7 @@ class ChoiceDecoder:
 
     def on_context_full(self, seq: Seq) -> None:
         self._finalize(seq, "length")
+        self.job.on_choice_context_full(self)
 
     # -- used by strategies layered on top -----------------------------------------------------
     def take_text(self, seq: Seq, text: str, tokens: int) -> None:
@@ -280,12 +283,48 @@ class ChoiceDecoder:
     def end(self, seq: Seq, reason: FinishReason) -> None:
         self._finalize(seq, reason)
         self.sched.finish(seq)
-        self.job_choice_done()
+        self.job.on_choice_done(self)
 
-    def job_choice_done(self) -> None:
-        on_done = getattr(self.job, "on_choice_done", None)
-        if on_done is not None:
-            on_done(self)
+    def cancel(self) -> None:
+        """The job is cancelled: finish as "cancelled" and free the sequence (the job is not told)."""
+        if self.seq is not None and self.seq.live:
+            self._finalize(self.seq, "cancelled")
+            self.sched.finish(self.seq)
+
+    # -- verbs of the thinking policy (strategies/budget.py) ----------------------------------------
+    def closes_thinking(self, text: str) -> bool:
+        """Would taking ``text`` end the think block?"""
+        return self.splitter.closes_with(text)
+
+    @property
+    def held_tag(self) -> str:
+        """What the model wrote of a close tag so far (held back, not shown)."""
+        return self.splitter.held
+
+    def drop_held_tag(self) -> str:
+        """Forget the held partial close tag (its tokens are being taken back) and return it."""
+        return self.splitter.drop_held()
+
+    def note_prompt_text(self, text: str) -> None:
+        """Text the policy placed in the prompt (a closed think block): routed, not generated, not counted."""
+        self._route(self.splitter.feed(text))
+
+    def take_back(self, seq: Seq, k: int) -> None:
+        """Rewind the last ``k`` decoded reasoning tokens and uncount them (their text is not shown)."""
+        self.sched.rewind(seq, k)
+        self.completion_tokens -= k
+        self.reasoning_tokens -= k
+
+    def put_back(self, seq: Seq, tokens: list[int]) -> None:
+        """Re-decode reasoning tokens whose text is already shown; counted as generated again."""
+        self.sched.inject(seq, tokens)
+        self.completion_tokens += len(tokens)
+        self.reasoning_tokens += len(tokens)
+
+    def end_thinking(self, seq: Seq, reason: str, closing: str) -> None:
+        """Close the think block now with ``closing`` (forced, counted), saying why it closed."""
+        self.thinking_stopped_by = reason
+        self.inject_text(seq, closing)
 
     def _finalize(self, seq: Seq, reason: FinishReason) -> None:
         if self.finished:
@@ -348,16 +387,6 @@ class ChoiceDecoder:
         )
 
 
-class _Choice(ChoiceDecoder):
-    """A choice of a GenerateJob: a full context ends it like any other finish."""
-
-    def on_context_full(self, seq: Seq) -> None:
-        super().on_context_full(seq)
-        job = self.job
-        if isinstance(job, GenerateJob):
-            job.on_choice_context_full(self)
-
-
 class GenerateJob(Job):
     """``n`` independent choices in ``n`` slots: the prompt is decoded once, as choice 0's sequence;
     choices 1.. are forked from it when its logits are ready and sample from those same logits, so each
@@ -391,7 +420,9 @@ class GenerateJob(Job):
         self.sched = sched
         if self.opts.answer_grammar is not None:  # a bad grammar or a backend without grammars: fail now
             sched.check_grammar(*self.opts.answer_grammar)
-        self.decoders = [_Choice(self, sched, self.prompt, self.opts, index=i) for i in range(self.opts.n)]
+        self.decoders = [
+            ChoiceDecoder(self, sched, self.prompt, self.opts, index=i) for i in range(self.opts.n)
+        ]
         if self.opts.max_tokens == 0:
             for d in self.decoders:
                 d.finish_reason = "length"
@@ -434,9 +465,7 @@ class GenerateJob(Job):
 
     def abort(self, sched: Scheduler) -> None:
         for d in self.decoders:
-            if d.seq is not None and d.seq.live:
-                d._finalize(d.seq, "cancelled")
-                sched.finish(d.seq)
+            d.cancel()
         self._complete()
 
     def _complete(self) -> None:

@@ -160,14 +160,6 @@ class Iteration:
     dr: ChoiceDecoder | None = None
 
 
-class _RoleDecoder(ChoiceDecoder):
-    """A role's sequence; a full context ends it like any other finish (the loop goes on)."""
-
-    def on_context_full(self, seq: Any) -> None:
-        super().on_context_full(seq)
-        self.job_choice_done()
-
-
 class LoridJob(Job):
     """The LoRID loop as a job: two sequences at a time (IR and KG→DR), each with room for an
     early-exit probe under the "auto" thinking budget."""
@@ -210,7 +202,7 @@ class LoridJob(Job):
 
     def _spawn(self, role: Role, prompt: PreparedPrompt) -> ChoiceDecoder:
         self.prompt_tokens += len(prompt.tokens)
-        d = _RoleDecoder(self, self.sched, prompt, self.opts, index=0, stream=False)
+        d = ChoiceDecoder(self, self.sched, prompt, self.opts, index=0, stream=False)
         sampling = sampling_for(
             self.opts, self.loop.seed_offset(role), temperature=self.lorid.temperature, top_p=self.lorid.top_p
         )
@@ -274,9 +266,8 @@ class LoridJob(Job):
     def abort(self, sched: Scheduler) -> None:
         for it in self.iterations:
             for d in (it.ir, it.kg, it.dr):
-                if d is not None and d.seq is not None and d.seq.live:
-                    d._finalize(d.seq, "cancelled")
-                    sched.finish(d.seq)
+                if d is not None:
+                    d.cancel()
         self._finish(None, False)
 
     def _finish(self, key: str | None, agreed: bool) -> None:

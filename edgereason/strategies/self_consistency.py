@@ -45,15 +45,6 @@ class SampleDecoder(ChoiceDecoder):
         if logprobs is not None and logprobs.top:
             self.token_confs.append(token_confidence([lp for _, lp in logprobs.top]))
         super().on_token(seq, token, text, logprobs)
-        job = self.job
-        if not self.finished and isinstance(job, SelfConsistencyJob):
-            job.check_deadline()
-
-    def on_context_full(self, seq: Seq) -> None:
-        super().on_context_full(seq)
-        job = self.job
-        if isinstance(job, SelfConsistencyJob):
-            job.on_sample_context_full(self)
 
 
 @dataclass
@@ -277,13 +268,13 @@ class SelfConsistencyJob(Job):
             return
         self._launch()
 
-    def on_sample_context_full(self, decoder: SampleDecoder) -> None:
+    def on_choice_context_full(self, decoder: ChoiceDecoder) -> None:
         # Memory is short: vote with what finishes instead of forking more into a full context.
         self._no_more = True
         self.running = [d for d in self.running if d.seq is not None]  # samples never forked do not start
         self.on_choice_done(decoder)
 
-    def check_deadline(self) -> None:
+    def on_choice_token(self, decoder: ChoiceDecoder) -> None:
         if not self.done and self._past_deadline():
             self._stop("time_budget")
 
@@ -302,9 +293,7 @@ class SelfConsistencyJob(Job):
             return
         self.stop_rule = why
         for d in self.running:
-            if d.seq is not None and d.seq.live:
-                d._finalize(d.seq, "cancelled")
-                self.sched.finish(d.seq)
+            d.cancel()
             self.cancelled.append(d)
         self.running = []
         self._complete()
