@@ -21,6 +21,7 @@ server wrote is re-sent as text, so the server re-tokenizes it (the same text, r
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -78,6 +79,10 @@ class SteeredChoice:
         self.wrap_len = self._count(self.policy.wrap_text) if self.policy.wrap_text else 0
         self.wait_len = self._count(WAIT_TEXT)
         self.finished = False
+        self.probe_wall_s = 0.0  # time spent in probe requests (the server's prefix cache keeps it short)
+        self.probe_prefill: int | None = (
+            None  # prompt tokens the server decoded for them (llama-server's timings)
+        )
 
     def _count(self, text: str) -> int:
         return self.eng.client.count_tokens(self.eng.model, text)
@@ -119,6 +124,10 @@ class SteeredChoice:
             self.out.thinking_stopped_by = "model" if self.out.finish_reason == "stop" else "length"
         # probe_tokens in the report: usage adds them to the choice's own tokens (as local)
         self.out.extra.update(self.policy.report())
+        if self.policy.probes:
+            self.out.extra["early_exit_probe_wall_s"] = round(self.probe_wall_s, 4)
+            if self.probe_prefill is not None:
+                self.out.extra["early_exit_probe_prefill_tokens"] = self.probe_prefill
         return self.out
 
     def _stream(self, limit: int | None) -> tuple[_Stop | None, FinishReason]:
@@ -243,7 +252,12 @@ class SteeredChoice:
             "logprobs": self.eng.top_logprobs(1),
             "stop": ["}"] if policy.probe_stops_at_brace else ["\n"],
         }
+        t0 = time.perf_counter()
         resp = self.eng.client.post("/completions", body)
+        self.probe_wall_s += time.perf_counter() - t0
+        timings = resp.get("timings")
+        if isinstance(timings, dict) and isinstance(timings.get("prompt_n"), int):
+            self.probe_prefill = (self.probe_prefill or 0) + timings["prompt_n"]
         ch = (resp.get("choices") or [{}])[0]
         entries = completion_logprobs(ch.get("logprobs"), finish_reason(ch.get("finish_reason")))
         text = ch.get("text") or "".join(e.token for e in entries)
