@@ -357,6 +357,27 @@ def _versions() -> dict[str, str]:
 
 
 # -- the whole recipe ---------------------------------------------------------------------------
+def prepare_work(out_dir: Path, work_dir: Path | None) -> tuple[Path, Path, Path]:
+    """The embedded base GGUF, the scratch folder and the base's HF copy in it (made once) that a distilled
+    adapter trains on: ``(base_gguf, work, hf_dir)``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = work_dir or out_dir / "work"
+    base_gguf = embedded_gguf_path()
+    hf_dir = work / "base-hf"
+    if not (hf_dir / "config.json").is_file():
+        logger.info("HF copy of %s", base_gguf.name)
+        hf_copy_of_gguf(base_gguf, hf_dir)
+    return base_gguf, work, hf_dir
+
+
+def export_adapter(
+    report: dict[str, Any], peft_dir: Path, hf_dir: Path, out: Path
+) -> tuple[Path, dict[str, Any]]:
+    """A trained PEFT adapter as a llama.cpp LoRA GGUF (f16) at ``out``, and its manifest entry."""
+    gguf = peft_to_gguf(peft_dir, hf_dir, out, "f16", force=True)
+    return gguf, {**report, "file": gguf.name, "bytes": gguf.stat().st_size, "sha256": _sha256(gguf)}
+
+
 def distill_demo(
     out_dir: Path,
     settings: DistillSettings = DistillSettings(),
@@ -364,14 +385,8 @@ def distill_demo(
     work_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train, convert and measure the adapters of ``roles``; writes ``<role>.gguf`` and the manifest to ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work = work_dir or out_dir / "work"
-    base_gguf = embedded_gguf_path()
     t0 = time.perf_counter()
-    hf_dir = work / "base-hf"
-    if not (hf_dir / "config.json").is_file():
-        logger.info("HF copy of %s", base_gguf.name)
-        hf_copy_of_gguf(base_gguf, hf_dir)
+    base_gguf, work, hf_dir = prepare_work(out_dir, work_dir)
     n_train = settings.steps * settings.batch_size
     adapters: dict[str, Path] = {}
     reports: dict[str, Any] = {}
@@ -383,9 +398,9 @@ def distill_demo(
         )
         logger.info("training %s on %d examples", role, len(data))
         report = train_adapter(hf_dir, data, settings, work / f"peft-{role}")
-        gguf = peft_to_gguf(work / f"peft-{role}", hf_dir, out_dir / f"{role}.gguf", "f16", force=True)
-        adapters[role] = gguf
-        reports[role] = {**report, "file": gguf.name, "bytes": gguf.stat().st_size, "sha256": _sha256(gguf)}
+        adapters[role], reports[role] = export_adapter(
+            report, work / f"peft-{role}", hf_dir, out_dir / f"{role}.gguf"
+        )
     accuracy = evaluate_adapters(base_gguf, adapters, settings)
     return write_manifest(out_dir, base_gguf, settings, reports, accuracy, time.perf_counter() - t0)
 

@@ -50,9 +50,15 @@ from edgereason.errors import EdgeReasonError
 from edgereason.evaldata import ArithProblem, arith_problems, split_of
 from edgereason.tools.builtin import output_text
 
-from .distill import MANIFEST, DistillSettings, _sha256, _versions, train_adapter
-from .lora_export import hf_copy_of_gguf, peft_to_gguf
-from .tiny import embedded_gguf_path
+from .distill import (
+    MANIFEST,
+    DistillSettings,
+    _sha256,
+    _versions,
+    export_adapter,
+    prepare_work,
+    train_adapter,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -298,20 +304,14 @@ def distill_code(
     out_dir: Path, settings: CodeSettings = CodeSettings(), work_dir: Path | None = None
 ) -> dict[str, Any]:
     """Train, convert and measure the code student; writes ``student.gguf`` and the manifest to ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work = work_dir or out_dir / "work"
-    base_gguf = embedded_gguf_path()
     t0 = time.perf_counter()
-    hf_dir = work / "base-hf"
-    if not (hf_dir / "config.json").is_file():
-        logger.info("HF copy of %s", base_gguf.name)
-        hf_copy_of_gguf(base_gguf, hf_dir)
+    base_gguf, work, hf_dir = prepare_work(out_dir, work_dir)
     problems = training_problems(settings.steps * settings.batch_size, settings)
     data = tokenize_code_examples(base_gguf, code_examples(problems, settings))
     logger.info("training %s on %d examples", ADAPTER, len(data))
     report = train_adapter(hf_dir, data, settings, work / "peft-code")
-    gguf = peft_to_gguf(work / "peft-code", hf_dir, out_dir / f"{ADAPTER}.gguf", "f16", force=True)
-    reports = {ADAPTER: {**report, "file": gguf.name, "bytes": gguf.stat().st_size, "sha256": _sha256(gguf)}}
+    gguf, entry = export_adapter(report, work / "peft-code", hf_dir, out_dir / f"{ADAPTER}.gguf")
+    reports = {ADAPTER: entry}
     accuracy = evaluate_code_student(base_gguf, gguf, settings.eval_problems, settings.seed, settings.threads)
     manifest = {
         "recipe": "edgereason.convert.distill_code",

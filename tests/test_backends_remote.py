@@ -27,6 +27,7 @@ from edgereason.remote import (
     parse_remote_url,
 )
 
+from .conftest import tiny_base_with_role_adapters
 from .scripted_server import Scripted, scripted_server
 from .test_server import N_CTX, Server, _start
 
@@ -268,20 +269,8 @@ def test_load_dispatches_openai_urls(server: Server) -> None:
 def test_lorid_over_adapter_models(tmp_path: Path) -> None:
     """LoRID with each role a request to model=<adapter>: the same loop and report as the local engine."""
 
-    pytest.importorskip("peft")
-    pytest.importorskip("transformers", reason="needs the convert extra")
-    from edgereason.convert import hf_to_gguf, make_tiny_checkpoint
-    from edgereason.convert.lora_export import make_random_peft_adapter, peft_to_gguf
-
-    hf = make_tiny_checkpoint("llama", tmp_path / "hf")
-    base = hf_to_gguf(hf, tmp_path / "base.gguf")
+    base, lora = tiny_base_with_role_adapters(tmp_path)
     roles = ("ir", "kg", "dr")
-    lora = {
-        r: peft_to_gguf(
-            make_random_peft_adapter(hf, tmp_path / f"peft-{r}", seed=i + 1), hf, tmp_path / f"{r}.gguf"
-        )
-        for i, r in enumerate(roles)
-    }
     flags = ("--model", str(base), *(f for r in roles for f in ("--adapter", f"{r}={lora[r]}")))
     kw = {"seed": 1, "max_tokens": 16, "lorid": {"max_iterations": 2}}
     question = [{"role": "user", "content": "What is 3 + 4?"}]

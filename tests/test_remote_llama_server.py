@@ -26,6 +26,8 @@ from edgereason.errors import UnknownAdapterError
 from edgereason.options import DEFAULT_WRAP_UP
 from edgereason.remote import RemoteEngine, load_remote
 
+from .conftest import tiny_base_with_role_adapters
+
 N_CTX = 512  # per slot, and the local engine's per sequence
 SLOTS = 4
 QUESTIONS = [
@@ -279,19 +281,7 @@ def test_adaptive_self_consistency_stops_in_rounds(remote: RemoteEngine, local: 
 # -- LoRA: llama-server's --lora and the per-request "lora" field ----------------------------------------------
 @pytest.fixture(scope="module")
 def lora_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
-    pytest.importorskip("peft")
-    pytest.importorskip("transformers", reason="needs the convert extra")
-    from edgereason.convert import hf_to_gguf, make_tiny_checkpoint
-    from edgereason.convert.lora_export import make_random_peft_adapter, peft_to_gguf
-
-    tmp = tmp_path_factory.mktemp("lora")
-    hf = make_tiny_checkpoint("llama", tmp / "hf")
-    base = hf_to_gguf(hf, tmp / "base.gguf")
-    lora = {
-        r: peft_to_gguf(make_random_peft_adapter(hf, tmp / f"peft-{r}", seed=i + 1), hf, tmp / f"{r}.gguf")
-        for i, r in enumerate(("ir", "kg", "dr"))
-    }
-    return base, lora
+    return tiny_base_with_role_adapters(tmp_path_factory.mktemp("lora"))
 
 
 @pytest.mark.convert
