@@ -18,7 +18,7 @@ from ..errors import InvalidRequestError
 from ..options import GenerationOptions, LoridOptions
 from ..result import ChatResult, Chunk, FinishReason
 from ..signals import final_answer
-from ..strategies.budget import CLOSE_TEXT
+from ..strategies.budget import CLOSE_TEXT, ThinkingPolicy
 from ..strategies.generate import StopMatcher
 from ..strategies.lorid import LoridLoop, Role, output_text
 from ..strategies.self_consistency import DEFAULT_CONFIDENCE_TOP_K, SampleReport, vote
@@ -87,7 +87,7 @@ def continue_prompt(
     if plan.thinking_disabled:
         out.thinking_stopped_by = "disabled"
     elif budget == 0:  # closed in the prompt, nothing counted (as the local ThinkingController)
-        text = CLOSE_TEXT if plan.starts_in_reasoning else ("<think>" + CLOSE_TEXT if plan.may_open else "")
+        text = ThinkingPolicy.zero_budget_text(plan)
         if text:
             prompt += text
             splitter.feed(text)
@@ -98,9 +98,10 @@ def continue_prompt(
         budget = None
     sampling = {"seed_offset": seed_offset, "temperature": temperature, "top_p": top_p}
     cap = reserve = 0
+    policy = ThinkingPolicy(opts, plan.reasoning_format)  # the local controller's cap and wrap-up rules
     if isinstance(budget, int):
-        wrap_n = eng.client.count_tokens(eng.model, "\n" + opts.wrap_up) if opts.wrap_up else 0
-        reserve = wrap_n if 0 < wrap_n <= budget // 2 else 0
+        wrap_n = eng.client.count_tokens(eng.model, policy.wrap_text) if policy.wrap_text else 0
+        reserve = policy.reserve(wrap_n)
         cap = budget - reserve
     left = opts.max_tokens  # None: up to the server's limit
     for _ in range(MAX_CONTINUATIONS):
@@ -130,7 +131,7 @@ def continue_prompt(
             out.finish_reason = "stop"
             break
         if by_cap and splitter.in_reasoning and out.reasoning_tokens >= cap:
-            prompt += _close_thinking(eng, out, splitter, opts, reserve, emit, index)
+            prompt += _close_thinking(eng, out, splitter, policy, reserve, emit, index)
             if opts.max_tokens is not None:
                 left = opts.max_tokens - out.completion_tokens
             continue
@@ -189,15 +190,15 @@ def _close_thinking(
     eng: RemoteEngine,
     out: RemoteOutput,
     splitter: ChannelSplitter,
-    opts: GenerationOptions,
+    policy: ThinkingPolicy,
     reserve: int,
     emit: Callable[[Chunk], None] | None,
     index: int,
 ) -> str:
-    """The budget is spent: wrap-up line (when reserved) and the rest of the close tag, counted as local."""
+    """The budget is spent: wrap-up line (when it fits) and the rest of the close tag, counted as local."""
     added = ""
-    if reserve:
-        wrap = "\n" + opts.wrap_up
+    if policy.wrap_fits(out.reasoning_tokens, reserve):
+        wrap = policy.wrap_text
         out.add(splitter.feed(wrap), emit, index)
         out.completion_tokens += reserve
         out.reasoning_tokens += reserve

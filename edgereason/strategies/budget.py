@@ -252,6 +252,13 @@ class ThinkingPolicy:
     def wrap_text(self) -> str:
         return "\n" + self.opts.wrap_up if self.opts.wrap_up else ""
 
+    @staticmethod
+    def zero_budget_text(plan: PromptPlan) -> str:
+        """What a zero budget puts at the end of the prompt: the think block, closed (nothing counted)."""
+        if plan.starts_in_reasoning:
+            return CLOSE_TEXT
+        return "<think>" + CLOSE_TEXT if plan.may_open else ""
+
     @property
     def probe_stops_at_brace(self) -> bool:
         return self.prefix is not None and self.prefix.rstrip().endswith("{")
@@ -350,8 +357,7 @@ class ThinkingController(ThinkingPolicy):
         ``forked``: ``seq`` is a fork of a choice that got the same start, its tokens are there already."""
         if self.budget != 0 or d.prompt.plan.thinking_disabled:
             return
-        plan = d.prompt.plan
-        text = CLOSE_TEXT if plan.starts_in_reasoning else ("<think>" + CLOSE_TEXT if plan.may_open else "")
+        text = self.zero_budget_text(d.prompt.plan)
         if text:
             if not forked:
                 d.sched.inject(seq, d.sched.backend.tokenize(text))
