@@ -35,7 +35,13 @@ from edgereason.eval.plots import write_plots
 from edgereason.eval.progress import CounterProgress, no_progress
 from edgereason.eval.protocol import package_digest
 from edgereason.eval.runner import StrategyRun, check_strategy, concurrency_for
-from edgereason.eval.summary import markdown_table, paired_difference, paired_interval, summarize_records
+from edgereason.eval.summary import (
+    markdown_table,
+    paired_difference,
+    paired_interval,
+    paired_runs,
+    summarize_records,
+)
 from edgereason.evaldata import DIFFICULTY, arith_problems, split_of
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -309,6 +315,19 @@ def test_summary_files_round_trip_and_compare(tmp_path: Path) -> None:
     assert greedy_row.rstrip().endswith("+25.0")
     sc_row = next(line for line in lines if line.startswith("sc:4"))
     assert sc_row.split()[-1] == "-"  # only in the first run
+    # Paired on the same items (two models on one data set): b is right where a missed item 3.
+    paired = paired_runs(load_records(tmp_path / "a"), [_rec("greedy", i, True) for i in range(4)], "a")
+    assert set(paired) == {"greedy"} and paired["greedy"] is not None
+    assert (paired["greedy"]["n"], paired["greedy"]["only_this_right"], paired["greedy"]["delta"]) == (
+        4,
+        1,
+        0.25,
+    )
+    lo, hi = paired["greedy"]["ci95"]
+    row = next(
+        x for x in compare_table(summary, other, "a", "b", paired).splitlines() if x.startswith("greedy")
+    )
+    assert row.rstrip().endswith(f"+25.0 [{100 * lo:+.1f}, {100 * hi:+.1f}] (n 4)")
 
     with pytest.raises(InvalidRequestError, match="not found"):
         load_summary(tmp_path / "missing")

@@ -166,10 +166,12 @@ def _check_baseline(baseline: str | None, labels: list[str], where: str) -> None
 
 
 def _compare(dirs: list[Path]) -> int:
-    from ..eval.summary import compare_table, load_summary
+    from ..eval.summary import compare_table, load_records, load_summary, paired_runs
 
     a, b = (load_summary(d) for d in dirs)
-    print(compare_table(a, b, dirs[0].name or str(dirs[0]), dirs[1].name or str(dirs[1])))
+    name_a, name_b = dirs[0].name or str(dirs[0]), dirs[1].name or str(dirs[1])
+    paired = paired_runs(load_records(dirs[0]), load_records(dirs[1]), name_a)
+    print(compare_table(a, b, name_a, name_b, paired))
     return 0
 
 

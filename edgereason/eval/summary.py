@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -213,8 +213,16 @@ def _cell(row: dict[str, Any] | None) -> list[str]:
     ]
 
 
-def compare_table(a: dict[str, Any], b: dict[str, Any], name_a: str = "A", name_b: str = "B") -> str:
-    """Two summaries side by side: accuracy % [95% CI], mean tokens, mean samples, accuracy delta."""
+def compare_table(
+    a: dict[str, Any],
+    b: dict[str, Any],
+    name_a: str = "A",
+    name_b: str = "B",
+    paired: Mapping[str, dict[str, Any] | None] | None = None,
+) -> str:
+    """Two summaries side by side: accuracy % [95% CI], mean tokens, mean samples, accuracy delta. With
+    ``paired`` (a strategy's ``paired_difference`` of B against A on the items both ran, as
+    ``paired_runs`` gives), the delta is the paired one with its 95% interval and item count."""
     sa, sb = a["strategies"], b["strategies"]
     labels = [*sa, *(s for s in sb if s not in sa)]
     header = [
@@ -231,6 +239,10 @@ def compare_table(a: dict[str, Any], b: dict[str, Any], name_a: str = "A", name_
     for label in labels:
         ra, rb = sa.get(label), sb.get(label)
         delta = f"{100 * (rb['accuracy'] - ra['accuracy']):+.1f}" if ra and rb else "-"
+        vs = (paired or {}).get(label)
+        if vs is not None:
+            lo, hi = vs["ci95"]
+            delta = f"{100 * vs['delta']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] (n {vs['n']})"
         rows.append([label, *_cell(ra), *_cell(rb), delta])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [
@@ -239,6 +251,20 @@ def compare_table(a: dict[str, Any], b: dict[str, Any], name_a: str = "A", name_
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def paired_runs(
+    a: Sequence[ItemRecord], b: Sequence[ItemRecord], name_a: str
+) -> dict[str, dict[str, Any] | None]:
+    """Per strategy both runs have: B's records against A's on the items both ran (e.g. two models)."""
+    labels = dict.fromkeys(r.strategy for r in a)
+    return {
+        label: paired_difference(
+            [r for r in a if r.strategy == label], [r for r in b if r.strategy == label], name_a
+        )
+        for label in labels
+        if any(r.strategy == label for r in b)
+    }
 
 
 TABLE_FILE = "table.md"
