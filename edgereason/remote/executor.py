@@ -24,7 +24,7 @@ from ..strategies.lorid import LoridLoop, Role, output_text
 from ..strategies.self_consistency import DEFAULT_CONFIDENCE_TOP_K, SampleReport, vote
 from ..strategies.voting import make_stopping_rule, token_confidence
 from .http import RemoteOutput, completion_logprobs, finish_reason, llama_server_tokens
-from .steer import steer_prompt, steered
+from .steer import SteeredChoice, steered
 
 if TYPE_CHECKING:
     from .engine import RemoteEngine, RemoteJob
@@ -75,9 +75,10 @@ def continue_prompt(
     Per-token controls (``auto``, ``min_thinking``, the loop guard) stream it under remote/steer.py."""
     if steered(opts) and not plan.thinking_disabled:
         sampling = {"seed_offset": seed_offset, "temperature": temperature, "top_p": top_p}
-        return steer_prompt(
+        steer = SteeredChoice(
             eng, plan, opts, model, index=index, emit=emit, sampling=sampling, top_logprobs=top_logprobs
         )
+        return steer.run()
     out = RemoteOutput()
     splitter = ChannelSplitter(starts_in_reasoning=plan.starts_in_reasoning, may_open=plan.may_open)
     stops = StopMatcher(opts.stop)

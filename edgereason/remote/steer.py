@@ -294,21 +294,3 @@ def _token_key(text: str) -> int:
 def steered(opts: GenerationOptions) -> bool:
     """Thinking controls that act on every token (probes, rewinds, the loop guard)."""
     return opts.effective_thinking_budget == "auto" or bool(opts.min_thinking) or bool(opts.loop_guard)
-
-
-def steer_prompt(
-    eng: RemoteEngine,
-    plan: PromptPlan,
-    opts: GenerationOptions,
-    model: str,
-    *,
-    index: int = 0,
-    emit: Callable[[Chunk], None] | None = None,
-    sampling: dict[str, Any] | None = None,
-    top_logprobs: int = 0,
-) -> RemoteOutput:
-    """One choice under per-token thinking controls (see the module docstring)."""
-    choice = SteeredChoice(
-        eng, plan, opts, model, index=index, emit=emit, sampling=sampling or {}, top_logprobs=top_logprobs
-    )
-    return choice.run()
