@@ -13,18 +13,18 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from ..chat.reasoning import CLOSE_TAG, ChannelSplitter, PromptPlan, State
+from ..chat.reasoning import ChannelSplitter, PromptPlan, State
 from ..errors import InvalidRequestError
 from ..options import GenerationOptions, LoridOptions
 from ..result import ChatResult, Chunk, FinishReason
 from ..signals import final_answer
-from ..strategies.budget import CLOSE_TEXT, ThinkingPolicy
+from ..strategies.budget import ThinkingPolicy
 from ..strategies.generate import StopMatcher
 from ..strategies.lorid import LoridLoop, Role, output_text
 from ..strategies.self_consistency import DEFAULT_CONFIDENCE_TOP_K, SampleReport, vote
 from ..strategies.voting import make_stopping_rule, token_confidence
 from .http import RemoteOutput, completion_logprobs, finish_reason, llama_server_tokens
-from .steer import SteeredChoice, steered
+from .steer import SteeredChoice, close_thinking, steered
 
 if TYPE_CHECKING:
     from .engine import RemoteEngine, RemoteJob
@@ -73,8 +73,8 @@ def continue_prompt(
 ) -> RemoteOutput:
     """One choice on /v1/completions: tokens are routed here, so the thinking cap is exact (as local).
     Per-token controls (``auto``, ``min_thinking``, the loop guard) stream it under remote/steer.py."""
+    sampling = {"seed_offset": seed_offset, "temperature": temperature, "top_p": top_p}
     if steered(opts) and not plan.thinking_disabled:
-        sampling = {"seed_offset": seed_offset, "temperature": temperature, "top_p": top_p}
         steer = SteeredChoice(
             eng, plan, opts, model, index=index, emit=emit, sampling=sampling, top_logprobs=top_logprobs
         )
@@ -97,8 +97,7 @@ def continue_prompt(
             count = eng.client.count_tokens
             closed = count(eng.model, prompt) - count(eng.model, plan.text)
         budget = None
-    sampling = {"seed_offset": seed_offset, "temperature": temperature, "top_p": top_p}
-    cap = reserve = 0
+    cap = reserve = wrap_n = 0
     policy = ThinkingPolicy(opts, plan.reasoning_format)  # the local controller's cap and wrap-up rules
     if isinstance(budget, int):
         wrap_n = eng.client.count_tokens(eng.model, policy.wrap_text) if policy.wrap_text else 0
@@ -132,7 +131,7 @@ def continue_prompt(
             out.finish_reason = "stop"
             break
         if by_cap and splitter.in_reasoning and out.reasoning_tokens >= cap:
-            prompt += _close_thinking(eng, out, splitter, policy, reserve, emit, index)
+            prompt += close_thinking(eng, out, splitter, policy, wrap_n, emit, index, "budget")
             if opts.max_tokens is not None:
                 left = opts.max_tokens - out.completion_tokens
             continue
@@ -185,31 +184,6 @@ def _completion(
         return [(e.token, 1) for e in entries], finish
     text = (ch.get("reasoning_content") or "") + (ch.get("text") or "")
     return ([(text, n_tokens)] if text or n_tokens else []), finish
-
-
-def _close_thinking(
-    eng: RemoteEngine,
-    out: RemoteOutput,
-    splitter: ChannelSplitter,
-    policy: ThinkingPolicy,
-    reserve: int,
-    emit: Callable[[Chunk], None] | None,
-    index: int,
-) -> str:
-    """The budget is spent: wrap-up line (when it fits) and the rest of the close tag, counted as local."""
-    added = ""
-    if policy.wrap_fits(out.reasoning_tokens, reserve):
-        wrap = policy.wrap_text
-        out.add(splitter.feed(wrap), emit, index)
-        out.completion_tokens += reserve
-        out.reasoning_tokens += reserve
-        added += wrap
-    held = splitter.held
-    closing = CLOSE_TAG[len(held) :] + "\n\n" if held else CLOSE_TEXT
-    out.add(splitter.feed(closing), emit, index)
-    out.completion_tokens += eng.client.count_tokens(eng.model, closing)
-    out.thinking_stopped_by = "budget"
-    return added + closing
 
 
 # -- self-consistency -------------------------------------------------------------------------------------------

@@ -230,15 +230,11 @@ class SteeredChoice:
         self.prompt += text
 
     def _close(self, reason: str, *, wrap: bool) -> None:
-        """End thinking now: wrap-up line (when it fits) and the rest of the end-of-thinking tag."""
-        if wrap and self.policy.wrap_fits(self.out.reasoning_tokens, self.wrap_len):
-            self._inject(self.policy.wrap_text, self.wrap_len)
-        held = self.splitter.held
-        self.out.thinking_stopped_by = reason
-        closing = CLOSE_TAG[len(held) :] + "\n\n" if held else CLOSE_TEXT
-        self.out.add(self.splitter.feed(closing), self.emit, self.index)
-        self.out.completion_tokens += self._count(closing)
-        self.prompt += closing
+        out, policy = self.out, self.policy
+        wrap_len = self.wrap_len if wrap else 0
+        self.prompt += close_thinking(
+            self.eng, out, self.splitter, policy, wrap_len, self.emit, self.index, reason
+        )
 
     def _probe(self, marker: _Piece) -> None:
         """A trial answer on the prompt so far (the marker withheld): greedy, short, its own request."""
@@ -289,6 +285,32 @@ def _pieces(ch: dict[str, Any]) -> list[_Piece]:
 def _token_key(text: str) -> int:
     """The loop guard's token identity from a token's text (the server's ids are not sent)."""
     return hash(text)
+
+
+def close_thinking(
+    eng: RemoteEngine,
+    out: RemoteOutput,
+    splitter: ChannelSplitter,
+    policy: ThinkingPolicy,
+    wrap_len: int,
+    emit: Callable[[Chunk], None] | None,
+    index: int,
+    reason: str,
+) -> str:
+    """End thinking now: the wrap-up line (``wrap_len`` tokens, when it fits; 0: none) and the rest of the
+    close tag, counted as the local controller counts them. Returns the text to append to the prompt."""
+    added = ""
+    if policy.wrap_fits(out.reasoning_tokens, wrap_len):
+        added = policy.wrap_text
+        out.add(splitter.feed(added), emit, index)
+        out.completion_tokens += wrap_len
+        out.reasoning_tokens += wrap_len
+    held = splitter.held
+    closing = CLOSE_TAG[len(held) :] + "\n\n" if held else CLOSE_TEXT
+    out.add(splitter.feed(closing), emit, index)
+    out.completion_tokens += eng.client.count_tokens(eng.model, closing)
+    out.thinking_stopped_by = reason
+    return added + closing
 
 
 def steered(opts: GenerationOptions) -> bool:
