@@ -254,6 +254,15 @@ def test_loop_guard_closes_thinking_like_local(remote: RemoteEngine, local: er.E
     assert w.thinking_stopped_by == "loop_guard" and g.reasoning.endswith(DEFAULT_WRAP_UP)
 
 
+def test_steered_choices_keep_their_log_probs(remote: RemoteEngine) -> None:
+    """A streamed (steered) continuation keeps each token's log-prob: logprobs=True and DeepConf votes work."""
+    kw: dict[str, Any] = {"max_tokens": 30, "thinking": True, "loop_guard": True}
+    c = remote.chat(QUESTIONS[0], temperature=0.0, logprobs=True, top_logprobs=2, **kw, **COLD).choices[0]
+    assert c.logprobs is not None and len(c.logprobs) == c.completion_tokens > 0
+    rep = remote.chat(QUESTIONS[0], seed=1, self_consistency=2, **kw, **COLD).extra["self_consistency"]
+    assert all(s["confidence"] > 0 for s in rep["samples"])
+
+
 def test_self_consistency_over_n(remote: RemoteEngine, local: er.Engine) -> None:
     kw = {"max_tokens": 40, "seed": 11, "self_consistency": 4}
     rep = remote.chat(QUESTIONS[0], **kw, **COLD).extra["self_consistency"]

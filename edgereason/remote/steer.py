@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..chat.reasoning import CLOSE_TAG, ChannelSplitter, PromptPlan, State
 from ..options import GenerationOptions
-from ..result import Chunk, FinishReason
+from ..result import Chunk, FinishReason, TokenLogprob
 from ..strategies.budget import CLOSE_TEXT, WAIT_TEXT, ThinkingPolicy
 from ..strategies.generate import StopMatcher
 from .http import RemoteOutput, completion_logprobs, finish_reason
@@ -42,7 +42,7 @@ MAX_STEERED_REQUESTS = 64  # main-completion requests per choice (each probe, wa
 @dataclass
 class _Piece:
     text: str
-    logprob: float | None
+    logprob: TokenLogprob | None  # the token's log-prob entry, when the server sent one
 
 
 @dataclass
@@ -175,18 +175,21 @@ class SteeredChoice:
                 self.policy.saw(piece.text)
                 return _Stop("probe", piece)
             self.policy.saw(piece.text)
-        self._route(piece.text, 1)
+        self._route(piece)
         if self.splitter.in_reasoning and self.policy.loops(_token_key(piece.text), piece.text):
             return _Stop("loop")
         return None
 
-    def _route(self, text: str, n_tokens: int) -> None:
-        was = self.splitter.in_reasoning
+    def _route(self, piece: _Piece) -> None:
+        """Take a token the model sampled: text, counts and its log-prob (DeepConf confidence, logprobs)."""
+        was, text = self.splitter.in_reasoning, piece.text
         safe, stopped = self.stops.feed(text)
         self.out.add(self.splitter.feed(safe), self.emit, self.index)
-        self.out.completion_tokens += n_tokens
+        if piece.logprob is not None:
+            self.out.add_logprobs([piece.logprob])
+        self.out.completion_tokens += 1
         if was and self.splitter.in_reasoning:
-            self.out.reasoning_tokens += n_tokens
+            self.out.reasoning_tokens += 1
         if was and not self.splitter.in_reasoning and self.out.thinking_stopped_by is None:
             self.out.thinking_stopped_by = "model"
         self.prompt += text
@@ -270,7 +273,7 @@ class SteeredChoice:
                     self.out.finish_reason = "stop"
                     self.finished = True
             return
-        self._route(marker.text, 1)  # exactly the text the model sampled; the main completion goes on
+        self._route(marker)  # exactly the text the model sampled; the main completion goes on
 
 
 def _pieces(ch: dict[str, Any]) -> list[_Piece]:
@@ -278,7 +281,7 @@ def _pieces(ch: dict[str, Any]) -> list[_Piece]:
     entries = completion_logprobs(ch.get("logprobs"))
     text = ch.get("text") or ""
     if entries and "".join(e.token for e in entries) == text:
-        return [_Piece(e.token, e.logprob) for e in entries if e.token]
+        return [_Piece(e.token, e) for e in entries if e.token]
     return [_Piece(text, None)] if text else []
 
 
