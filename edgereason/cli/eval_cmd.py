@@ -90,6 +90,16 @@ def add_eval_parser(
     )
     p.add_argument("--seed", type=int, default=0, help="base seed (data and sampling)")
     p.add_argument(
+        "--option",
+        action="append",
+        type=_option,
+        default=None,
+        metavar="KEY=VALUE",
+        help="a generation option for every request, VALUE as JSON or a bare string (repeatable; e.g. "
+        'early_exit_threshold=0.99, transition_markers=\'["Wait","\\n\\n"]\'): how a dev sweep varies a setting; '
+        "recorded in the run's settings",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="continue the run in --out: keep its finished strategies and items (same model and settings)",
@@ -175,6 +185,18 @@ def _compare(dirs: list[Path]) -> int:
     return 0
 
 
+def _option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> (key, value): VALUE read as JSON when it is JSON, else as the string itself."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
+
+
 def _settings(args: argparse.Namespace) -> Any:
     from ..eval.specs import DEFAULT_PROMPT, EvalSettings
 
@@ -188,6 +210,7 @@ def _settings(args: argparse.Namespace) -> Any:
         seed=args.seed,
         adapter=args.use_adapter,
         tools=tuple(args.builtin_tools or ()),
+        options=tuple(sorted(dict(args.option or ()).items())),
     )
 
 

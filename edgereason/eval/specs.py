@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..errors import InvalidRequestError
-from ..options import DEFAULT_MAX_SAMPLES, MAX_EARLY_EXIT_AGREE
+from ..options import DEFAULT_MAX_SAMPLES, MAX_EARLY_EXIT_AGREE, GenerationOptions
 
 StrategyKind = Literal["greedy", "budget", "sc", "lorid"]
 DEFAULT_ADAPTIVE_MAX = 16  # sc:adaptive samples at most this many
@@ -20,6 +20,19 @@ DEFAULT_ANSWER_TOKENS = 64
 DEFAULT_PROMPT = "{question}"
 # Item i is seeded with seed + i * SEED_STRIDE; samples and LoRID roles add small offsets to that.
 SEED_STRIDE = 1000
+# What the strategy and the shared settings decide; --option cannot set these.
+STRATEGY_FIELDS = frozenset(
+    {
+        "thinking",
+        "seed",
+        "max_tokens",
+        "thinking_budget",
+        "self_consistency",
+        "strategy",
+        "adapter",
+        "builtin_tools",
+    }
+)
 STRATEGY_HELP = "greedy | budget:N | budget:auto[:K][:trial] | sc:N | sc:adaptive[:MAX] | lorid"
 
 
@@ -115,12 +128,22 @@ class EvalSettings:
     seed: int = 0
     adapter: str | None = None  # a loaded LoRA adapter for every strategy but lorid (which picks by role)
     tools: tuple[str, ...] = ()  # built-in tools the engine runs for every strategy (--tool python)
+    # Generation options set on every request after the strategy's own (--option KEY=VALUE): how a dev
+    # sweep varies a setting (early_exit_threshold, transition_markers, ...). Sorted (key, value) pairs.
+    options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_think < 0 or self.answer_tokens < 1:
             raise InvalidRequestError("max_think must be >= 0 and answer_tokens >= 1", param="max_tokens")
         if "{question}" not in self.prompt:
             raise InvalidRequestError("the prompt template must contain {question}", param="prompt")
+        reserved = sorted({k for k, _ in self.options} & STRATEGY_FIELDS)
+        if reserved:
+            raise InvalidRequestError(
+                f"--option {reserved[0]}: the strategy sets it (choose it with --strategy or the eval flags)",
+                param="option",
+            )
+        GenerationOptions.build(None, dict(self.options))  # a bad key or value fails before any work
 
     @property
     def max_tokens(self) -> int:
@@ -138,6 +161,7 @@ class EvalSettings:
             "seed": self.seed,
             "adapter": self.adapter,
             **({"tools": list(self.tools)} if self.tools else {}),
+            **({"options": {k: v for k, v in self.options}} if self.options else {}),
         }
 
 
@@ -169,4 +193,5 @@ def request_fields(spec: StrategySpec, settings: EvalSettings, index: int) -> di
         fields["adapter"] = settings.adapter
     if settings.tools:
         fields["builtin_tools"] = list(settings.tools)
+    fields.update(settings.options)
     return fields
