@@ -59,6 +59,7 @@ from .distill import (
     prepare_work,
     train_adapter,
 )
+from .writers import WrittenProblem, written_problems
 
 logger = logging.getLogger(__name__)
 
@@ -89,15 +90,20 @@ class CodeSettings(DistillSettings):
     ("Tom has 12 apples and buys 7 more apples."). Both variants are kept only when their text falls
     in the train split (``evaldata.split_of``), so no dev or test question is ever trained on."""
 
-    steps: int = 90
+    steps: int = 160
     batch_size: int = 4
     lr: float = 2e-3
     max_len: int = 320
     one_step_share: float = 0.2
     and_share: float = 0.15
+    # Share of examples from ``convert.writers`` (purchases and change, sharing with remainders, rates,
+    # comparisons, savings, recipes, groups; never arith-ood's words), the rest ``arith``'s story.
+    writer_share: float = 0.5
 
 
-SMOKE = CodeSettings(steps=2, batch_size=2, warmup=1, eval_problems=4, lorid_eval_problems=0)
+SMOKE = CodeSettings(
+    steps=2, batch_size=2, warmup=1, eval_problems=4, lorid_eval_problems=0, writer_share=0.5
+)
 
 
 # -- the teacher --------------------------------------------------------------------------------
@@ -209,19 +215,36 @@ def injected_output(output: str) -> str:
     return output_text(result, after="")
 
 
-def code_example(p: ArithProblem, think_open: bool = True) -> CodeExample:
-    trace = code_trace(p)
-    block = ("" if think_open else "<think>\n") + FENCE_OPEN + trace.code + FENCE_CLOSE
+def code_example(p: ArithProblem | WrittenProblem, think_open: bool = True) -> CodeExample:
+    """The training pair of an ``arith`` problem (its code from ``code_trace``) or a writer's problem
+    (its code written with it)."""
+    code = p.code if isinstance(p, WrittenProblem) else code_trace(p).code
+    block = ("" if think_open else "<think>\n") + FENCE_OPEN + code + FENCE_CLOSE
     return CodeExample(
         p.question,
-        ((block, True), (injected_output(trace.output), False), (ANSWER.format(answer=p.answer), True)),
+        ((block, True), (injected_output(p.answer), False), (ANSWER.format(answer=p.answer), True)),
         think_open,
     )
 
 
-def code_examples(problems: Sequence[ArithProblem], settings: CodeSettings) -> list[CodeExample]:
+def code_examples(
+    problems: Sequence[ArithProblem | WrittenProblem], settings: CodeSettings
+) -> list[CodeExample]:
     rng = random.Random(settings.seed)
     return [code_example(p, think_open=rng.random() >= settings.open_think_share) for p in problems]
+
+
+def training_mix(settings: CodeSettings) -> list[ArithProblem | WrittenProblem]:
+    """``steps * batch_size`` problems: the writers' share from ``convert.writers``, the rest from
+    ``training_problems``, interleaved in a seeded order."""
+    n = settings.steps * settings.batch_size
+    n_written = round(n * settings.writer_share)
+    mix: list[ArithProblem | WrittenProblem] = [
+        *training_problems(n - n_written, settings),
+        *written_problems(n_written, settings.seed),
+    ]
+    random.Random(settings.seed + 2).shuffle(mix)
+    return mix
 
 
 # -- tokens exactly as the runtime makes them ---------------------------------------------------
@@ -306,7 +329,9 @@ def distill_code(
     """Train, convert and measure the code student; writes ``student.gguf`` and the manifest to ``out_dir``."""
     t0 = time.perf_counter()
     base_gguf, work, hf_dir = prepare_work(out_dir, work_dir)
-    problems = training_problems(settings.steps * settings.batch_size, settings)
+    problems = training_mix(settings)
+    arith = [p for p in problems if isinstance(p, ArithProblem)]
+    written = [p for p in problems if isinstance(p, WrittenProblem)]
     data = tokenize_code_examples(base_gguf, code_examples(problems, settings))
     logger.info("training %s on %d examples", ADAPTER, len(data))
     report = train_adapter(hf_dir, data, settings, work / "peft-code")
@@ -322,8 +347,10 @@ def distill_code(
             "split": "train",
             "seed": settings.seed,
             "problems": len(problems),
-            "one_step": sum(p.steps == 1 for p in problems),
-            "joined": sum(" and " in p.question.split(". ")[0] for p in problems),
+            "arith": len(arith),
+            "one_step": sum(p.steps == 1 for p in arith),
+            "joined": sum(" and " in p.question.split(". ")[0] for p in arith),
+            "writers": {w: sum(p.writer == w for p in written) for w in sorted({p.writer for p in written})},
             "trace": "python block + injected <output> (masked) + boxed answer",
             "eval_split": "dev",
         },

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from convert import writers
 from convert.distill import knowledge_text, teacher_trace
 from edgereason import data_ood, evaldata
 from edgereason.errors import InvalidRequestError
@@ -39,6 +40,9 @@ def _trigrams(text: str) -> set[tuple[str, ...]]:
     return grams
 
 
+WRITTEN = writers.written_problems(2000)  # the code student's other training stories
+
+
 def _training_texts() -> list[str]:
     """Every question arith writes (all splits, several seeds) and the distilled student's traces."""
     problems = [
@@ -47,16 +51,26 @@ def _training_texts() -> list[str]:
     return [p.question for p in problems] + [teacher_trace(p) + knowledge_text(p) for p in problems[:200]]
 
 
+def _written_grams() -> set[tuple[str, ...]]:
+    """The training writers' questions and code, blanked with their own names and items."""
+    grams: set[tuple[str, ...]] = set()
+    for p in WRITTEN:
+        grams |= _trigrams(_blank(p.question + "\n" + p.code, writers.NAMES, writers.ITEMS))
+    return grams
+
+
 def test_no_ood_question_shares_a_three_word_phrase_with_training() -> None:
     training: set[tuple[str, ...]] = set()
     for text in _training_texts():
         training |= _trigrams(_blank(text, evaldata._NAMES, evaldata._ITEMS))
     assert ("how", "many", "ITEM") in training and ("then", "NAME", "buys") in training  # the check sees them
     ood_items = data_ood.GOODS + data_ood.TICKETS
+    written = _written_grams()
+    assert ("how", "big", "is") in written and ("NAME", "keeps", "#") in written  # the check sees them
     shared = {
         gram: p.question
         for p in OOD
-        for gram in _trigrams(_blank(p.question, data_ood.NAMES, ood_items)) & training
+        for gram in _trigrams(_blank(p.question, data_ood.NAMES, ood_items)) & (training | written)
     }
     assert shared == {}
 
@@ -69,7 +83,7 @@ def test_no_template_repeats_a_training_template() -> None:
 
     training = templates(
         [p.question for p in evaldata.arith_problems(2000)], evaldata._NAMES, evaldata._ITEMS
-    )
+    ) | templates([p.question for p in WRITTEN], writers.NAMES, writers.ITEMS)
     ood = templates([p.question for p in OOD], data_ood.NAMES, data_ood.GOODS + data_ood.TICKETS)
     assert len(ood) > 60  # many distinct sentence templates
     assert training & ood == set()
@@ -77,14 +91,15 @@ def test_no_template_repeats_a_training_template() -> None:
 
 def test_names_items_and_units_are_disjoint_from_training() -> None:
     ood_words = {w.lower() for w in data_ood.NAMES + data_ood.GOODS + data_ood.TICKETS + data_ood.UNITS}
-    train_words = {w.lower() for w in evaldata._NAMES + evaldata._ITEMS}
+    train_words = {w.lower() for w in evaldata._NAMES + evaldata._ITEMS + writers.NAMES + writers.ITEMS}
+    train_words |= set(writers.CURRENCIES)
     assert ood_words & train_words == set()
     for p in OOD:
         words = set(re.findall(r"[a-z]+", p.question.lower()))
         assert words & train_words == set(), p.question
-    for p in evaldata.arith_problems(1000):
-        words = set(re.findall(r"[a-z]+", p.question.lower()))
-        assert not any(w in words for w in ood_words if " " not in w), p.question
+    for question in [p.question for p in evaldata.arith_problems(1000)] + [p.question for p in WRITTEN]:
+        words = set(re.findall(r"[a-z]+", question.lower()))
+        assert not any(w in words for w in ood_words if " " not in w), question
 
 
 def _fold(start: int, ops: tuple[tuple[str, int], ...]) -> int:

@@ -26,8 +26,10 @@ from edgereason.convert.distill_code import (
     code_trace,
     injected_output,
     tokenize_code_examples,
+    training_mix,
     training_problems,
 )
+from edgereason.convert.writers import WRITERS, WrittenProblem, written_problems
 from edgereason.evaldata import arith_problems, split_of
 from edgereason.models import CODE_STUDENT_DIR, STUDENT_DIR, embedded_model_path, preset_for
 from edgereason.tools.builtin import CodeWatcher, output_text
@@ -55,6 +57,34 @@ def test_teacher_code_prints_the_answer_in_the_real_sandbox() -> None:
     for p, t, r in zip(problems[:20], traces, results):
         assert injected_output(t.output) == output_text(r, after="")
         assert len(t.code.splitlines()) == 2 + sum(1 if "*" in w else 2 for w in p.working)
+
+
+def test_writers_code_prints_the_answer_in_the_real_sandbox() -> None:
+    """The other writers' problems (every writer, 140 problems): the teacher's code, run by the real
+    sandbox, prints the stored answer; operations the arith story lacks are there (// % and change)."""
+    if sandbox.sandbox_unavailable_reason() is not None:
+        pytest.skip(f"no sandbox here: {sandbox.sandbox_unavailable_reason()}")
+    problems = written_problems(140)
+    assert {p.writer for p in problems} == set(WRITERS) and len({p.question for p in problems}) == 140
+    code = "\n".join(p.code for p in problems)
+    assert "//" in code and "%" in code and "paid - cost" in code
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda p: sandbox.run_python(p.code), problems))
+    wrong = [(p.question, r.output) for p, r in zip(problems, results) if not r.ok or r.output != p.answer]
+    assert not wrong, wrong[:3]
+    assert written_problems(30) == problems[:30] and written_problems(30, seed=1) != problems[:30]
+
+
+def test_training_mix_takes_the_writers_share() -> None:
+    settings = CodeSettings(steps=25, batch_size=4, writer_share=0.4)
+    mix = training_mix(settings)
+    written = [p for p in mix if isinstance(p, WrittenProblem)]
+    assert len(mix) == 100 and len(written) == 40
+    assert written != sorted(written, key=lambda p: p.writer)  # interleaved, not in blocks
+    assert mix == training_mix(settings)
+    first, last = (code_example(p) for p in (written[0], mix[0]))
+    assert first.pieces[0][0] == FENCE_OPEN + written[0].code + FENCE_CLOSE
+    assert first.pieces[1][0] == injected_output(written[0].answer) and last.user == mix[0].question
 
 
 def test_training_text_is_what_the_engine_watches_and_injects() -> None:

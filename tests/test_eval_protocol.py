@@ -349,6 +349,55 @@ def test_a_test_runs_configuration_is_frozen(tmp_path: Path) -> None:
         assert entry["chosen_on"] in ("dev", "test[:60]", "not swept"), name
 
 
+def test_option_sets_a_generation_option_on_every_request_and_in_the_identity(tmp_path: Path) -> None:
+    """``eval --option KEY=VALUE`` (how a dev sweep varies a setting): on every request, over the
+    strategy's own fields; in the settings (so a resumed run with another value is refused) and in a test
+    run's frozen configuration; bad keys, values and strategy-owned fields refused before any work."""
+    from edgereason.eval.specs import request_fields
+
+    markers = ["Wait", "\n\n"]
+    swept = EvalSettings(options=(("early_exit_threshold", 0.99), ("transition_markers", markers)))
+    for label in ("greedy", "budget:auto:trial", "sc:4"):
+        fields = request_fields(parse_strategy(label), swept, 3)
+        assert fields["early_exit_threshold"] == 0.99 and fields["transition_markers"] == markers
+    assert swept.describe()["options"] == {"early_exit_threshold": 0.99, "transition_markers": markers}
+    assert "options" not in EvalSettings().describe()
+    tuned = frozen_config([parse_strategy("budget:auto")], swept)["budget:auto"]["tuned"]
+    assert tuned["early_exit_threshold"] == 0.99 and tuned["transition_markers"] == markers
+    for bad, match in (
+        ((("bogus", 1),), "unknown option"),
+        ((("early_exit_threshold", 2),), "less than or equal"),
+        ((("seed", 3),), "the strategy sets it"),
+        ((("thinking_budget", 5),), "the strategy sets it"),
+    ):
+        with pytest.raises(InvalidRequestError, match=match):
+            EvalSettings(options=bad)
+    # The CLI: JSON values, bare strings, and a one-line error.
+    from edgereason.cli.eval_cmd import _option
+
+    assert _option('transition_markers=["Wait","\\n\\n"]') == ("transition_markers", markers)
+    assert _option("early_exit_confidence=min") == ("early_exit_confidence", "min")
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgereason",
+        "eval",
+        "--split",
+        "dev",
+        "--limit",
+        "1",
+        "--strategy",
+        "greedy",
+    ]
+    proc = subprocess.run(
+        [*cmd, "--option", "early_exit_threshold=7", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and "early_exit_threshold" in proc.stderr and not (tmp_path / "x").exists()
+
+
 class _ClockedEngine:
     """Answers each question after ``delay`` seconds (a stand-in whose only job is to take time)."""
 
