@@ -11,6 +11,7 @@ Needs the ``convert`` extra (torch, transformers) to build the checkpoints.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from ..backends.llama_cpp import LlamaCppBackend
 
 HIDDEN, LAYERS, HEADS, KV_HEADS = 256, 4, 4, 2
 LENGTHS = (512, 1024, 2048, 4096)
-WINDOW = 64  # decode speed at length L: tokens L-WINDOW .. L
+WINDOW = 128  # decode speed at length L: the median token time of tokens L-WINDOW+1 .. L
 PROMPT = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
 
 
@@ -63,16 +64,16 @@ def measure(path: Path, threads: int, max_len: int) -> dict[str, Any]:
         after_prompt = seq_state_bytes(backend, 0)
         memory_at: dict[int, int] = {}
         tok_s: dict[int, float] = {}
-        t0 = time.perf_counter()
+        window: list[float] = []
         for n in range(1, max_len + 1):
+            t0 = time.perf_counter()
             token = _decode_one(backend, sampler, 0, pos, token)
+            window = [*window[-(WINDOW - 1) :], time.perf_counter() - t0]
             pos += 1
-            if n % WINDOW == 0:
-                t1 = time.perf_counter()
-                if n in LENGTHS:
-                    tok_s[n] = WINDOW / (t1 - t0)
-                    memory_at[n] = seq_state_bytes(backend, 0)
-                t0 = time.perf_counter()  # state-size queries stay out of the timed windows
+            if n in LENGTHS:
+                # The median token of the window: a token slowed by another process does not move it.
+                tok_s[n] = 1.0 / statistics.median(window)
+                memory_at[n] = seq_state_bytes(backend, 0)  # outside any timed token
         sampler.close()
     finally:
         backend.close()
