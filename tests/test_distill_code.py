@@ -203,7 +203,7 @@ def test_student_is_the_code_student_and_the_cot_one_stays_available() -> None:
     manifest = json.loads((CODE_STUDENT_DIR / "manifest.json").read_text())
     assert manifest["recipe"] == "edgereason.convert.distill_code"
     assert manifest["adapters"]["student"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert manifest["accuracy"]["dev_code_student_greedy_tool"]["accuracy"] >= 0.85  # measured 0.94
+    assert manifest["accuracy"]["dev_code_student_greedy_tool"]["accuracy"] >= 0.85  # measured 0.90
 
 
 def test_shipped_student_answers_the_demo_with_the_tool() -> None:
