@@ -14,6 +14,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,11 @@ def measure(path: Path, threads: int, max_len: int) -> dict[str, Any]:
         after_prompt = seq_state_bytes(backend, 0)
         memory_at: dict[int, int] = {}
         tok_s: dict[int, float] = {}
-        window: list[float] = []
+        window: deque[float] = deque(maxlen=WINDOW)  # the last WINDOW token times
         for n in range(1, max_len + 1):
             t0 = time.perf_counter()
             token = _decode_one(backend, sampler, 0, pos, token)
-            window = [*window[-(WINDOW - 1) :], time.perf_counter() - t0]
+            window.append(time.perf_counter() - t0)
             pos += 1
             if n in LENGTHS:
                 # The median token of the window: a token slowed by another process does not move it.

@@ -161,7 +161,7 @@ class EvalSettings:
             "seed": self.seed,
             "adapter": self.adapter,
             **({"tools": list(self.tools)} if self.tools else {}),
-            **({"options": {k: v for k, v in self.options}} if self.options else {}),
+            **({"options": dict(self.options)} if self.options else {}),
         }
 
 

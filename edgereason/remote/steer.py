@@ -233,10 +233,9 @@ class SteeredChoice:
         self.prompt += text
 
     def _close(self, reason: str, *, wrap: bool) -> None:
-        out, policy = self.out, self.policy
         wrap_len = self.wrap_len if wrap else 0
         self.prompt += close_thinking(
-            self.eng, out, self.splitter, policy, wrap_len, self.emit, self.index, reason
+            self.eng, self.out, self.splitter, self.policy, wrap_len, self.emit, self.index, reason
         )
 
     def _probe(self, marker: _Piece) -> None:
