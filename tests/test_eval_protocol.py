@@ -396,6 +396,26 @@ def test_option_sets_a_generation_option_on_every_request_and_in_the_identity(tm
         timeout=120,
     )
     assert proc.returncode != 0 and "early_exit_threshold" in proc.stderr and not (tmp_path / "x").exists()
+    # A sweep run end to end on the embedded model: the option reaches the run's settings, and resuming
+    # that folder with another value is refused.
+    out = tmp_path / "swept"
+    sweep = [*cmd[:-1], "budget:auto", "--max-think", "32", "--no-plots", "--quiet", "--out", str(out)]
+    run = subprocess.run(
+        [*sweep, "--option", "early_exit_threshold=0.99", "--option", "early_exit_confidence=min"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    settings = json.loads((out / "summary.json").read_text())["meta"]["settings"]
+    assert settings["options"] == {"early_exit_confidence": "min", "early_exit_threshold": 0.99}
+    other = subprocess.run(
+        [*sweep, "--option", "early_exit_threshold=0.9", "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert other.returncode != 0 and "settings" in other.stderr, other.stderr[-2000:]
 
 
 class _ClockedEngine:
