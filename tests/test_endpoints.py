@@ -248,6 +248,42 @@ def test_keep_alive_wrapper() -> None:
     assert asyncio.run(collect(0)) == ["data: 1\n\n", "data: 2\n\n"]
 
 
+def test_keep_alive_wrapper_passes_errors_and_cleans_up() -> None:
+    """An error in the events reaches the response; a client that leaves mid-stream runs the events'
+    own cleanup (that is what cancels the request), with and without keep-alive comments."""
+    closed: list[str] = []
+
+    async def failing() -> AsyncIterator[str]:
+        yield "data: 1\n\n"
+        raise RuntimeError("engine gone")
+
+    async def endless(tag: str) -> AsyncIterator[str]:
+        try:
+            while True:
+                await asyncio.sleep(0.01)
+                yield f"data: {tag}\n\n"
+        finally:
+            closed.append(tag)
+
+    async def first_two(interval: float) -> list[str]:
+        gen = _keep_alive(endless(str(interval)), interval)
+        got = [await gen.__anext__(), await gen.__anext__()]
+        await gen.aclose()  # the client left
+        return got
+
+    async def until_error() -> list[str]:
+        got: list[str] = []
+        with pytest.raises(RuntimeError, match="engine gone"):
+            async for line in _keep_alive(failing(), 5.0):
+                got.append(line)
+        return got
+
+    assert asyncio.run(until_error()) == ["data: 1\n\n"]
+    assert asyncio.run(first_two(5.0)) == ["data: 5.0\n\n"] * 2
+    assert asyncio.run(first_two(0)) == ["data: 0\n\n"] * 2
+    assert closed == ["5.0", "0"]
+
+
 def test_n_probs_is_llama_servers_top_logprobs(server: Server) -> None:
     chat = {"messages": QUESTION, "max_tokens": 4, "temperature": 0}
     by_name = _post(server, "/v1/chat/completions", {**chat, "n_probs": 2}).json()["choices"][0]["logprobs"]

@@ -304,29 +304,61 @@ async def _json_response(
 
 async def _keep_alive(events: AsyncIterator[str], interval: float) -> AsyncIterator[str]:
     """``events``, with an SSE comment after every ``interval`` s of silence (0: none): self-consistency
-    and LoRID stream nothing until they finish, and proxies cut idle connections (often after 60 s)."""
-    it = events.__aiter__()
-    pending: asyncio.Future[str] | None = None
+    and LoRID stream nothing until they finish, and proxies cut idle connections (often after 60 s).
+
+    One pump task drives ``events`` into a queue and one re-arming timer adds the comments: per line
+    that is a queue hand-off, not a task and a timed wait per token (the streaming hot path)."""
+    if not interval:
+        try:
+            async for line in events:
+                yield line
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+        return
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[tuple[str, str | Exception | None]] = asyncio.Queue()
+    last = loop.time()  # when the client last got something
+    timer: asyncio.TimerHandle | None = None
+
+    async def pump() -> None:
+        nonlocal last
+        try:
+            async for line in events:
+                last = loop.time()
+                lines.put_nowait(("line", line))
+        except Exception as exc:  # re-raised in the response's task, as if iterated there
+            lines.put_nowait(("error", exc))
+        else:
+            lines.put_nowait(("end", None))
+
+    def tick() -> None:
+        nonlocal last, timer
+        silent = loop.time() - last
+        if silent >= interval:
+            lines.put_nowait(("line", KEEP_ALIVE_COMMENT))
+            last, silent = loop.time(), 0.0
+        timer = loop.call_later(interval - silent, tick)
+
+    task = asyncio.ensure_future(pump())
+    timer = loop.call_later(interval, tick)
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(it.__anext__())
-            done, _ = await asyncio.wait({pending}, timeout=interval or None)
-            if not done:
-                yield KEEP_ALIVE_COMMENT
-                continue
-            try:
-                line = pending.result()
-            except StopAsyncIteration:
+            kind, item = await lines.get()
+            if kind == "end":
                 return
-            pending = None
-            yield line
+            if kind == "error":
+                assert isinstance(item, Exception)
+                raise item
+            assert isinstance(item, str)
+            yield item
     finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pending  # the inner generator runs its own cleanup (cancels the request)
-        await it.aclose()  # type: ignore[attr-defined]
+        if timer is not None:
+            timer.cancel()
+        if not task.done():
+            task.cancel()  # the inner generator runs its own cleanup (cancels the request)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        await events.aclose()  # type: ignore[attr-defined]
 
 
 def _sse(body: dict[str, Any]) -> str:

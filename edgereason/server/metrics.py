@@ -105,13 +105,16 @@ class RequestTimer:
         self.model = model
         self.start = time.monotonic()
         self._last: float | None = None
+        # the labelled children once per request, not a registry lookup per token
+        self._ttft = metrics.ttft.labels(model_name=model)
+        self._itl = metrics.itl.labels(model_name=model)
 
     def chunk(self) -> None:
         now = time.monotonic()
         if self._last is None:
-            self.metrics.ttft.labels(model_name=self.model).observe(now - self.start)
+            self._ttft.observe(now - self.start)
         else:
-            self.metrics.itl.labels(model_name=self.model).observe(now - self._last)
+            self._itl.observe(now - self._last)
         self._last = now
 
     def finish(self, usage: Usage) -> None:
