@@ -188,7 +188,12 @@ def test_summary_takes_medians_and_ratios_ours_over_theirs() -> None:
     plan = bench_peer.Plan(tokens=32, slots=8, rounds=3, long_prompt=False)
 
     def rnd(tok_s: float, ttft: float) -> dict[str, object]:
-        return {"one_client": {"tok_s": tok_s}, "multi_turn": {"last_turn_ttft_ms": ttft}, "rss_mib": 500.0}
+        return {
+            "one_client": {"tok_s": tok_s},
+            "multi_turn": {"last_turn_ttft_ms": ttft},
+            "rss_mib": 500.0,
+            "decode_per_token_ms": tok_s / 5,
+        }
 
     results = {
         "edgereason": [rnd(60, 900), rnd(70, 1000), rnd(65, 5000)],
@@ -199,9 +204,16 @@ def test_summary_takes_medians_and_ratios_ours_over_theirs() -> None:
     assert (one["edgereason"], one["llama_server"], one["ratio"]) == (65, 80, 0.81)
     ttft = rows["6-turn chat, 6th-turn TTFT, ms"]
     assert (ttft["edgereason"], ttft["llama_server"], ttft["ratio"]) == (1000, 450, 2.22)
-    assert not any("ITL" in name for name in rows)  # not measured: no row
+    probe = rows["bare decode loop, ms per token (ours: backend alone; llama-server: its own timing)"]
+    assert (probe["edgereason"], probe["llama_server"], probe["ratio"]) == (13, 16, 0.81)
+    assert not any("ITL" in name or "gap" in name for name in rows)  # not measured: no row
     table = bench_peer.format_table(list(rows.values()))
     assert "| 1 client, 3 x 32 tokens, tok/s | 65.0 | 80.0 | 0.81 |" in table
+
+
+def test_bare_decode_probe_times_the_backend_alone(model_path: Path) -> None:
+    layout = ServerLayout(threads=1, ctx_per_slot=512, slots=2)
+    assert 0 < bench_peer.bare_decode_ms(model_path, layout, 8) < 1000
 
 
 def test_stream_result_reads_cached_tokens_from_either_server() -> None:
@@ -247,6 +259,8 @@ def test_llama_server_starts_answers_greedy_chat_and_stops(llama_server: Path, m
         )
         text = a.choices[0].message.content or ""
         assert text.strip() and text == b.choices[0].message.content  # greedy: the same text twice
+        # the bench's decode probe reads llama-server's own per-token timing (8 tokens: > 0 ms each)
+        assert 0 < (bench_peer.llama_server_decode_ms(server.base_url, 8) or 0) < 1000
         proc = server.process
     assert proc.poll() is not None
     assert _refused(server.port)
@@ -280,7 +294,7 @@ def test_bench_peer_quick_runs_both_servers(llama_server: Path, tmp_path: Path) 
     )
     assert run_bench(args) == 0
     res = json.loads((tmp_path / "peer.json").read_text())
-    assert res["plan"] == {"tokens": 32, "slots": 2, "rounds": 1, "long_prompt": False}
+    assert res["plan"] == {"tokens": 32, "slots": 2, "rounds": 1, "long_prompt": False, "decode_probe": False}
     emb = res["embedded"]
     for name in ("edgereason", "llama-server"):
         (r,) = emb["rounds"][name]
@@ -301,6 +315,7 @@ def test_bench_peer_quick_runs_both_servers(llama_server: Path, tmp_path: Path) 
         "n=2 in one request, tok/s",
     ]
     assert all(row["ratio"] > 0 for row in emb["table"][:4])
+    assert not any(row["workload"].startswith("bare decode") for row in emb["table"])  # --quick: no probe
 
 
 def test_peer_cli_where_says_how_to_build(tmp_path: Path) -> None:

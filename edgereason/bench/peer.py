@@ -52,6 +52,7 @@ QUICK_TOKENS = 32
 SEQUENTIAL_REQUESTS = 3
 CONCURRENT_CLIENTS = 8
 N_SAMPLES = 8
+PROBE_TOKENS = 256  # bare decode loop vs llama-server's own timing
 TURNS = 6
 ITL_STREAMS = 3
 LONG_PROMPT_TOKENS = 2000
@@ -364,9 +365,10 @@ class Plan:
     slots: int
     rounds: int
     long_prompt: bool
+    decode_probe: bool = False  # time the bare decode loop of both (see ``bare_decode_ms``)
 
 
-def measure_server(server: RunningServer, plan: Plan) -> dict[str, Any]:
+def measure_server(server: RunningServer, plan: Plan, which: str = "edgereason") -> dict[str, Any]:
     """Every workload against one running server, then its RSS."""
     base = server.base_url
     load_before = os.getloadavg()[0]
@@ -380,6 +382,8 @@ def measure_server(server: RunningServer, plan: Plan) -> dict[str, Any]:
     }
     if plan.long_prompt:
         out["long_prompt"] = itl_under_long_prompt(base, plan.tokens)
+    if plan.decode_probe and which == "llama-server":  # its own per-token timing
+        out["decode_per_token_ms"] = llama_server_decode_ms(base, PROBE_TOKENS)
     out["rss_mib"] = round(process_tree_rss_mib(server.pid), 1)
     out["loadavg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     return out
@@ -390,6 +394,13 @@ ROWS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("1 client, 3 x {t} tokens, tok/s", ("one_client", "tok_s"), True),
     ("{c} concurrent clients x {t} tokens, tok/s", ("concurrent", "tok_s"), True),
     ("n={n} in one request, tok/s", ("n_samples", "tok_s"), True),
+    ("1 client: TTFT, ms", ("one_client", "ttft_ms"), False),
+    ("1 client: inter-token gap p50, ms", ("one_client", "itl_ms_p50"), False),
+    (
+        "bare decode loop, ms per token (ours: backend alone; llama-server: its own timing)",
+        ("decode_per_token_ms",),
+        False,
+    ),
     ("6-turn chat, 6th-turn TTFT, ms", ("multi_turn", "last_turn_ttft_ms"), False),
     ("6th turn: prompt tokens", ("multi_turn", "last_turn_prompt_tokens"), False),
     ("6th turn: cached prompt tokens reported", ("multi_turn", "last_turn_cached_tokens"), False),
@@ -450,8 +461,10 @@ def compare(model: Path, layout: ServerLayout, plan: Plan, binary: Path) -> dict
             log.info("round %d/%d: %s", r + 1, plan.rounds, which)
             t0 = time.perf_counter()
             with start_server(which, model, layout, binary) as server:
-                round_result = measure_server(server, plan)
+                round_result = measure_server(server, plan, which)
                 round_result["argv"] = server.argv
+            if plan.decode_probe and which == "edgereason":  # with no server running
+                round_result["decode_per_token_ms"] = bare_decode_ms(model, layout, PROBE_TOKENS)
             round_result["wall_s"] = round(time.perf_counter() - t0, 1)
             results[which].append(round_result)
             print(f"  round {r + 1} {which}: done in {round_result['wall_s']} s", flush=True)
@@ -460,6 +473,53 @@ def compare(model: Path, layout: ServerLayout, plan: Plan, binary: Path) -> dict
         {x["n_samples"]["mode"] for s in SERVERS for x in results[s] if "parallel" in x["n_samples"]["mode"]}
     )
     return {"model": str(model), "table": rows, "rounds": results, "notes": notes}
+
+
+def bare_decode_ms(model: Path, layout: ServerLayout, tokens: int) -> float:
+    """Median ms per token of our llama.cpp backend's bare greedy loop, one ``llama_decode`` and one C
+    sampler call per token, with no scheduler and no server, in this process: beside llama-server's own
+    ``timings.predicted_per_token_ms`` it says whether a gap sits in the decode or in the serving path."""
+    from ..backends.base import BatchItem, SamplingParams
+    from ..backends.llama_cpp import LlamaCppBackend
+
+    backend = LlamaCppBackend(
+        model, n_ctx=layout.ctx_per_slot, threads=layout.threads, max_sequences=layout.slots
+    )
+    try:
+        sampler = backend.make_sampler(SamplingParams())
+        try:
+            prompt = backend.tokenize(PROMPT, add_bos=backend.info.add_bos)
+            handle = backend.decode([BatchItem(0, 0, prompt, want_logits=True)])[0]
+            token, pos, times = backend.sample(sampler, handle), len(prompt), []
+            for _ in range(tokens):
+                t0 = time.perf_counter()
+                handle = backend.decode([BatchItem(0, pos, [token], want_logits=True)])[0]
+                token = backend.sample(sampler, handle)
+                times.append(time.perf_counter() - t0)
+                pos += 1
+        finally:
+            sampler.close()
+    finally:
+        backend.close()
+    return round(statistics.median(times) * 1000, 2)
+
+
+def llama_server_decode_ms(base: str, tokens: int) -> float | None:
+    """llama-server's own ms per generated token for the same greedy continuation (``/completion``)."""
+    body = {
+        "prompt": PROMPT,
+        "n_predict": tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "cache_prompt": False,
+    }
+    with _client() as http:
+        r = http.post(base + "/completion", json=body)
+    if r.status_code != 200:
+        log.warning("llama-server /completion answered %d", r.status_code)
+        return None
+    value = (r.json().get("timings") or {}).get("predicted_per_token_ms")
+    return round(float(value), 2) if isinstance(value, (int, float)) else None
 
 
 def build_big_model(cache: Path) -> Path:
@@ -513,6 +573,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         slots=args.slots,
         rounds=1 if quick else args.rounds,
         long_prompt=not quick,
+        decode_probe=not quick,
     )
     layout = ServerLayout(
         threads=args.threads or DEFAULT_THREADS,
