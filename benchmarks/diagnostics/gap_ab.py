@@ -3,7 +3,9 @@
 Variants, alternated per round, each a fresh server on loopback with the embedded model (2 threads,
 3072 per slot, 8 slots): ``old`` (this package from the directory in $OLD_PYTHONPATH, e.g. a git worktree
 of an earlier commit), ``new`` (this checkout), ``new-si<seconds>`` (this checkout with
-``sys.setswitchinterval``), ``llama-server`` (the cached peer build). Per variant and round: a warm-up,
+``sys.setswitchinterval``), ``new-pure`` (this checkout with uvloop and httptools hidden, so that uvicorn
+runs asyncio's loop and h11 even where they are installed: ``pip install uvloop httptools`` to compare),
+``llama-server`` (the cached peer build). Per variant and round: a warm-up,
 then 4 streamed greedy requests of TOK tokens; prints TTFT, median inter-token gap and tok/s (medians).
 
     python benchmarks/diagnostics/gap_ab.py [TOK=256] [ROUNDS=3] [old,new,new-si0.0005,llama-server]
@@ -36,6 +38,8 @@ def argv(variant: str, port: int) -> list[str]:
     serve = ["serve", "--model", MODEL, "--port", str(port), "--threads", "2", "--n-ctx", "3072"]
     serve += ["--max-sequences", "8", "--alias", ALIAS]
     pre = f"sys.setswitchinterval({variant.split('-si')[1]}); " if "-si" in variant else ""
+    if variant.endswith("-pure"):
+        pre += "sys.modules['uvloop'] = None; sys.modules['httptools'] = None; "
     return [sys.executable, "-c", "import sys; " + pre + RUN_MODULE, *serve]
 
 
