@@ -10,7 +10,8 @@ then 4 streamed greedy requests of TOK tokens; prints TTFT, median inter-token g
 
     python benchmarks/diagnostics/gap_ab.py [TOK=256] [ROUNDS=3] [old,new,new-si0.0005,llama-server]
 
-Run it on an otherwise idle machine; it is a diagnostic, not part of ``make bench``.
+THREADS=1 in the environment runs both servers' llama.cpp on one thread (default 2). Run it on an
+otherwise idle machine; it is a diagnostic, not part of ``make bench``.
 """
 
 import os
@@ -23,7 +24,8 @@ from edgereason.models import embedded_model_path
 from edgereason.peer import ServerLayout, find_llama_server, free_port, llama_server_args, run_server
 
 MODEL = str(embedded_model_path())
-LAYOUT = ServerLayout(threads=2, ctx_per_slot=3072, slots=8)
+THREADS = int(os.environ.get("THREADS", "2"))  # llama.cpp threads of both servers
+LAYOUT = ServerLayout(threads=THREADS, ctx_per_slot=3072, slots=8)
 RUN_MODULE = "import runpy; sys.argv = ['edgereason'] + sys.argv[1:]; runpy.run_module('edgereason', run_name='__main__')"
 
 
@@ -35,7 +37,7 @@ def argv(variant: str, port: int) -> list[str]:
             str(binary),
             *llama_server_args(Path(MODEL), LAYOUT, port=port, extra_args=["--alias", ALIAS]),
         ]
-    serve = ["serve", "--model", MODEL, "--port", str(port), "--threads", "2", "--n-ctx", "3072"]
+    serve = ["serve", "--model", MODEL, "--port", str(port), "--threads", str(THREADS), "--n-ctx", "3072"]
     serve += ["--max-sequences", "8", "--alias", ALIAS]
     pre = f"sys.setswitchinterval({variant.split('-si')[1]}); " if "-si" in variant else ""
     if variant.endswith("-pure"):
