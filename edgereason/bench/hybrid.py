@@ -45,7 +45,15 @@ def build_models(tmp: Path) -> dict[str, Path]:
     return {label: hf_to_gguf(d, tmp / f"{label}.gguf") for label, d in dirs.items()}
 
 
-def _decode_one(backend: LlamaCppBackend, sampler: Any, slot: int, pos: int, token: int) -> int:
+def greedy_start(backend: LlamaCppBackend, sampler: Any, text: str) -> tuple[int, int]:
+    """Decode ``text`` into slot 0 in one call: the first sampled token and the next position."""
+    prompt = backend.tokenize(text, add_bos=backend.info.add_bos)
+    handle = backend.decode([BatchItem(0, 0, prompt, want_logits=True)])[0]
+    return backend.sample(sampler, handle), len(prompt)
+
+
+def decode_one(backend: LlamaCppBackend, sampler: Any, slot: int, pos: int, token: int) -> int:
+    """One single-token decode call and one sample: the bare per-token loop the benches time."""
     handle = backend.decode([BatchItem(slot, pos, [token], want_logits=True)])[0]
     return backend.sample(sampler, handle)
 
@@ -58,17 +66,15 @@ def measure(path: Path, threads: int, max_len: int) -> dict[str, Any]:
     """Per-sequence memory after the prompt and after ``max_len`` tokens; decode tok/s at each length."""
     backend = LlamaCppBackend(path, n_ctx=max_len + 128, threads=threads, max_sequences=1)
     try:
-        prompt = backend.tokenize(PROMPT, add_bos=backend.info.add_bos)
         sampler = backend.make_sampler(SamplingParams())  # greedy, EOS ignored: fixed length
-        handle = backend.decode([BatchItem(0, 0, prompt, want_logits=True)])[0]
-        token, pos = backend.sample(sampler, handle), len(prompt)
+        token, pos = greedy_start(backend, sampler, PROMPT)
         after_prompt = seq_state_bytes(backend, 0)
         memory_at: dict[int, int] = {}
         tok_s: dict[int, float] = {}
         window: deque[float] = deque(maxlen=WINDOW)  # the last WINDOW token times
         for n in range(1, max_len + 1):
             t0 = time.perf_counter()
-            token = _decode_one(backend, sampler, 0, pos, token)
+            token = decode_one(backend, sampler, 0, pos, token)
             window.append(time.perf_counter() - t0)
             pos += 1
             if n in LENGTHS:

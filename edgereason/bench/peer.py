@@ -479,8 +479,9 @@ def bare_decode_ms(model: Path, layout: ServerLayout, tokens: int) -> float:
     """Median ms per token of our llama.cpp backend's bare greedy loop, one ``llama_decode`` and one C
     sampler call per token, with no scheduler and no server, in this process: beside llama-server's own
     ``timings.predicted_per_token_ms`` it says whether a gap sits in the decode or in the serving path."""
-    from ..backends.base import BatchItem, SamplingParams
+    from ..backends.base import SamplingParams
     from ..backends.llama_cpp import LlamaCppBackend
+    from .hybrid import decode_one, greedy_start
 
     backend = LlamaCppBackend(
         model, n_ctx=layout.ctx_per_slot, threads=layout.threads, max_sequences=layout.slots
@@ -488,13 +489,11 @@ def bare_decode_ms(model: Path, layout: ServerLayout, tokens: int) -> float:
     try:
         sampler = backend.make_sampler(SamplingParams())
         try:
-            prompt = backend.tokenize(PROMPT, add_bos=backend.info.add_bos)
-            handle = backend.decode([BatchItem(0, 0, prompt, want_logits=True)])[0]
-            token, pos, times = backend.sample(sampler, handle), len(prompt), []
+            token, pos = greedy_start(backend, sampler, PROMPT)
+            times = []
             for _ in range(tokens):
                 t0 = time.perf_counter()
-                handle = backend.decode([BatchItem(0, pos, [token], want_logits=True)])[0]
-                token = backend.sample(sampler, handle)
+                token = decode_one(backend, sampler, 0, pos, token)
                 times.append(time.perf_counter() - t0)
                 pos += 1
         finally:
