@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -472,8 +473,11 @@ def test_browser_renders_tool_cards_json_and_math(app_engine: er.Engine, tmp_pat
             page = browser.new_page(viewport={"width": 1400, "height": 1200})
             try:
                 _render_steps(page, port, tmp_path)
-            except Exception:
-                page.screenshot(path=str(tmp_path / "failed.png"), full_page=True)
+            except Exception as exc:
+                # CI keeps no screenshot: the chat's text goes with the failure.
+                with contextlib.suppress(Exception):
+                    page.screenshot(path=str(tmp_path / "failed.png"), full_page=True)
+                    exc.add_note(f"the chat at the failure:\n{page.locator('#er-chat').inner_text()[-3000:]}")
                 raise
             browser.close()
     finally:
@@ -496,12 +500,18 @@ def _render_steps(page: Any, port: int, tmp_path: Path) -> None:
     # A forced function call: a collapsed card with the name and the arguments pretty-printed.
     _set_number(page, "#er-temperature", 0)
     page.locator("#er-thinking").get_by_text("off", exact=True).click()
-    _set_number(page, "#er-max-tokens", 48)
+    _set_number(page, "#er-max-tokens", 64)  # the call takes 36 tokens greedy
     page.get_by_text("Tools and answer format").click()
     page.locator("#er-tools textarea").fill(ADD_TOOL)
     page.locator("#er-tool-choice").get_by_text("required", exact=True).click()
+    page.wait_for_function(
+        "() => document.querySelector('#er-tool-choice input:checked')?.value === 'required'", timeout=10_000
+    )
+    assert page.locator("#er-temperature input[type=number]").input_value() == "0"
     send("What is 12 + 7?")
-    chat.get_by_text("1 tool call").first.wait_for(timeout=120_000)
+    # The stats line ends every answer; then the answer must be the call (the chat's text says what came).
+    chat.get_by_text("answer tok").first.wait_for(timeout=120_000)
+    assert "1 tool call" in chat.inner_text(), chat.inner_text()
     card = chat.locator("details.er-tool").first
     assert "add" in card.locator("summary").inner_text()
     assert card.get_attribute("open") is None  # collapsed until clicked
